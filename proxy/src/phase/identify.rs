@@ -1,0 +1,87 @@
+//! Identify: which route the request takes (it says whether a key is needed) and, if one
+//! is, whose key it carries.
+
+use hyper::{HeaderMap, Request};
+use shared::ApiKey;
+use shared::policy::{Auth, StoreErrorMode};
+use shared::redis::Lookup;
+
+use crate::App;
+use crate::ctx::RequestCtx;
+use crate::metric;
+use crate::refusal::Refusal;
+use crate::runtime::Runtime;
+
+/// Matches the route, then resolves the API key (`Authorization: Bearer` or `X-Api-Key`)
+/// to a customer and plan. No key, an unknown or a revoked one: 401.
+pub async fn run<B>(
+    app: &App,
+    runtime: &Runtime,
+    ctx: &mut RequestCtx,
+    req: &Request<B>,
+) -> Result<(), Refusal> {
+    let priced = runtime
+        .policy
+        .price(req.method().as_str(), req.uri().path());
+    ctx.auth = priced.auth;
+    ctx.route = priced
+        .route
+        .map(|r| r.label())
+        .unwrap_or_else(|| String::from("default"));
+    ctx.cost = priced.cost;
+    if priced.auth == Auth::None {
+        return Ok(());
+    }
+    let key = api_key(req).ok_or(Refusal::Unauthorized)?;
+    let hash = key.hash();
+    if let Some(identity) = app.keys.get(&hash) {
+        ctx.identity = Some(identity);
+        return Ok(());
+    }
+    match app.store.lookup(&hash).await {
+        Ok(Lookup::Found(identity)) => {
+            app.keys.put(hash, identity.clone());
+            ctx.identity = Some(identity);
+            Ok(())
+        }
+        Ok(Lookup::Unknown) => Err(Refusal::Unauthorized),
+        // Redis is up but empty (it lost its data): nothing it says about keys can be
+        // trusted until billing-sync has rebuilt it, whatever the failure mode.
+        Ok(Lookup::NotReady) => Err(Refusal::BillingUnavailable),
+        Err(e) => {
+            metrics::counter!(metric::REDIS_ERRORS).increment(1);
+            tracing::warn!(error = %e, "api key lookup failed");
+            match runtime.policy.proxy.on_store_error {
+                StoreErrorMode::FailClosed => Err(Refusal::BillingUnavailable),
+                StoreErrorMode::FailOpen => {
+                    ctx.uncharged = Some("store_unavailable");
+                    Ok(())
+                }
+            }
+        }
+    }
+}
+
+/// The API key the request carries, if it has the key's shape.
+pub fn api_key<B>(req: &Request<B>) -> Option<ApiKey> {
+    let headers = req.headers();
+    bearer_key(headers).or_else(|| {
+        headers
+            .get("x-api-key")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| ApiKey::parse(v.trim()))
+    })
+}
+
+/// Whether `Authorization` carries one of our keys (then it is not forwarded).
+pub fn api_key_in_authorization(headers: &HeaderMap) -> bool {
+    bearer_key(headers).is_some()
+}
+
+fn bearer_key(headers: &HeaderMap) -> Option<ApiKey> {
+    let auth = headers.get(hyper::header::AUTHORIZATION)?.to_str().ok()?;
+    let token = auth
+        .strip_prefix("Bearer ")
+        .or_else(|| auth.strip_prefix("bearer "))?;
+    ApiKey::parse(token.trim())
+}
