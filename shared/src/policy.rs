@@ -664,19 +664,17 @@ impl Checker {
             Some(m) => self.credits(m, "transfers.min"),
             None => Millicredits::new(1),
         };
-        if min.is_zero() {
-            if let Some(m) = &raw.min {
-                self.problem(m, "transfers.min must be more than 0");
-            }
+        if let (true, Some(m)) = (min.is_zero(), &raw.min) {
+            self.problem(m, "transfers.min must be more than 0");
         }
         let max_per_day = raw
             .max_per_day
             .as_ref()
             .map(|m| self.credits(m, "transfers.max_per_day"));
-        if let (Some(max), Some(at)) = (max_per_day, &raw.max_per_day) {
-            if max < min {
-                self.problem(at, "transfers.max_per_day must be at least transfers.min");
-            }
+        if let (Some(max), Some(at)) = (max_per_day, &raw.max_per_day)
+            && max < min
+        {
+            self.problem(at, "transfers.max_per_day must be at least transfers.min");
         }
         TransfersConfig {
             enabled: raw.enabled.unwrap_or(true),
@@ -802,10 +800,10 @@ impl Checker {
                     Millicredits::ZERO
                 }
             };
-            if let Some(name) = &r.name {
-                if name.value.trim().is_empty() {
-                    self.problem(name, "route name must not be empty");
-                }
+            if let Some(name) = &r.name
+                && name.value.trim().is_empty()
+            {
+                self.problem(name, "route name must not be empty");
             }
             let Some(path) = path else { continue };
             let route = Route {

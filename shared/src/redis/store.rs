@@ -121,7 +121,7 @@ pub struct Store {
 pub(super) enum Connector {
     Single(ConnectionManager),
     Cluster {
-        client: redis::cluster::ClusterClient,
+        client: Box<redis::cluster::ClusterClient>,
         conn: OnceCell<ClusterConnection>,
     },
 }
@@ -177,7 +177,7 @@ impl Store {
                 .response_timeout(options.response_timeout)
                 .build()?;
             Connector::Cluster {
-                client,
+                client: Box::new(client),
                 conn: OnceCell::new(),
             }
         } else {
