@@ -1,6 +1,7 @@
 //! `billing-sync`: the durable side of creditgate.
 //!
 //! Layout:
+//! - the library (`billing_sync`): ledger, consumer, reconciler, APIs.
 //! - [`cmd`]: one file per subcommand (`serve`, `migrate`, `check-config`, `stripe-sync`);
 //!   `main` only parses arguments and dispatches.
 
@@ -41,10 +42,23 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = || {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .expect("the OS provides threads and timers for the runtime")
+    };
     match cli.command {
         Command::CheckConfig(args) => cmd::check_config::run(&args.config),
-        Command::Serve(args) => cmd::serve::run(&args.config),
-        Command::Migrate(args) => cmd::migrate::run(&args.config),
+        Command::Serve(args) => runtime().block_on(cmd::serve::run(&args.config)),
+        Command::Migrate(args) => runtime().block_on(cmd::migrate::run(&args.config)),
         Command::StripeSync(args) => cmd::stripe_sync::run(&args.config),
     }
 }

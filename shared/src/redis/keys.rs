@@ -71,6 +71,9 @@ pub mod field {
     pub const TRANSFERABLE: &str = "tr";
 }
 
+/// The consumer group billing-sync reads every usage stream with.
+pub const USAGE_CONSUMER_GROUP: &str = "billing-sync";
+
 #[cfg(test)]
 mod tests {
     use super::*;

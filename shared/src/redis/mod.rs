@@ -6,8 +6,10 @@
 //! stream that billing-sync consumes into the ledger.
 
 pub mod keys;
+mod projection;
 mod store;
 mod usage;
 
+pub use projection::{BalanceField, Reconciled, TakeMode, Taken};
 pub use store::{Account, Admission, Debit, Identity, Lookup, Store, StoreError, StoreOptions};
 pub use usage::{UsageEvent, UsageKind};

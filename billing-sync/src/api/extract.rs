@@ -1,0 +1,139 @@
+//! Extractors that turn bad input into [`ApiError`]s: the JSON body (kept raw for
+//! idempotency hashing), the admin bearer, the customer's API key, the idempotency key.
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::HeaderMap;
+use axum::http::request::Parts;
+use serde::de::DeserializeOwned;
+use sha2::{Digest, Sha256};
+use shared::{ApiKey, CustomerId};
+
+use super::error::ApiError;
+use crate::State;
+use crate::config::REQUEST_BODY_BYTES_MAX;
+
+/// A JSON body: malformed input is a 400 `invalid_body` in the API's shape, never axum's
+/// plain text. Keeps the raw bytes for idempotency.
+pub struct ApiJson<T> {
+    /// The parsed value.
+    pub value: T,
+    /// The body as sent.
+    pub raw: Bytes,
+}
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let raw = Bytes::from_request(req, state)
+            .await
+            .map_err(|_| ApiError::TooLarge(REQUEST_BODY_BYTES_MAX))?;
+        let value = serde_json::from_slice(&raw).map_err(|e| {
+            // serde's message says which field and why; no input is echoed beyond it.
+            ApiError::bad("invalid_body", format!("invalid JSON body: {e}"))
+        })?;
+        Ok(ApiJson { value, raw })
+    }
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+}
+
+/// Equal in constant time for equal lengths (both sides are hashed first, so lengths match).
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let (ha, hb) = (Sha256::digest(a), Sha256::digest(b));
+    ha.iter()
+        .zip(hb.iter())
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+        == 0
+}
+
+/// An admin request: its bearer matched `CREDITGATE_ADMIN_TOKEN`.
+pub struct Admin;
+
+impl FromRequestParts<State> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &State) -> Result<Self, ApiError> {
+        let Some(expected) = state.admin_token.as_deref() else {
+            return Err(ApiError::Unauthorized);
+        };
+        match bearer(&parts.headers) {
+            Some(given) if constant_time_eq(given.as_bytes(), expected.as_bytes()) => Ok(Admin),
+            _ => Err(ApiError::Unauthorized),
+        }
+    }
+}
+
+/// A customer identified by their own live API key (checked in Postgres on every request,
+/// so a revoked key is refused at once).
+pub struct Caller {
+    /// Who.
+    pub customer: CustomerId,
+    /// Their plan.
+    pub plan: String,
+}
+
+impl FromRequestParts<State> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &State) -> Result<Self, ApiError> {
+        let given = bearer(&parts.headers).or_else(|| {
+            parts
+                .headers
+                .get("x-api-key")
+                .and_then(|v| v.to_str().ok())
+                .map(str::trim)
+        });
+        let key = given
+            .and_then(ApiKey::parse)
+            .ok_or(ApiError::Unauthorized)?;
+        let hash = key.hash();
+        let row: Option<(String, String)> = sqlx::query_as(
+            "SELECT c.id, c.plan FROM api_keys k JOIN customers c ON c.id = k.customer_id
+             WHERE k.key_hash = $1 AND k.revoked_at IS NULL",
+        )
+        .bind(hash.as_str())
+        .fetch_optional(&state.db)
+        .await?;
+        let (id, plan) = row.ok_or(ApiError::Unauthorized)?;
+        let customer = CustomerId::parse(&id).map_err(ApiError::Internal)?;
+        Ok(Caller { customer, plan })
+    }
+}
+
+/// Longest accepted `Idempotency-Key`.
+pub const IDEMPOTENCY_KEY_BYTES_MAX: usize = 255;
+
+/// The `Idempotency-Key` header, required on every endpoint that moves credits.
+pub struct IdempotencyKey(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for IdempotencyKey {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        let value = parts
+            .headers
+            .get("idempotency-key")
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+            .filter(|v| !v.is_empty());
+        match value {
+            None => Err(ApiError::bad(
+                "idempotency_key_required",
+                "this endpoint requires an Idempotency-Key header",
+            )),
+            Some(v) if v.len() > IDEMPOTENCY_KEY_BYTES_MAX => Err(ApiError::bad(
+                "invalid_idempotency_key",
+                format!("Idempotency-Key is longer than {IDEMPOTENCY_KEY_BYTES_MAX} bytes"),
+            )),
+            Some(v) => Ok(IdempotencyKey(v.to_owned())),
+        }
+    }
+}

@@ -1,0 +1,160 @@
+//! The background loop: the usage consumer, and between its batches the reconciler
+//! (readiness check and rebuild, drift repair, expiries, rollovers). One task, so a batch
+//! is never half applied while the reconciler compares Redis with the ledger.
+
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use shared::redis::Store;
+use tokio::sync::watch;
+
+use crate::State;
+use crate::{consumer, reconcile};
+
+/// Pause after an empty poll.
+pub const IDLE_POLL_INTERVAL: Duration = Duration::from_millis(50);
+/// Pause after a failure before trying again.
+pub const ERROR_BACKOFF: Duration = Duration::from_millis(500);
+/// How often the ready flag and the lag are checked.
+pub const READY_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+/// How often every account is reconciled, and expiries and rollovers run.
+pub const RECONCILE_INTERVAL: Duration = Duration::from_secs(30);
+
+/// The worker's settings.
+#[derive(Clone, Debug)]
+pub struct WorkerOptions {
+    /// This consumer's name in the group.
+    pub consumer: String,
+    /// How often the full reconcile runs.
+    pub reconcile_interval: Duration,
+}
+
+impl Default for WorkerOptions {
+    fn default() -> Self {
+        WorkerOptions {
+            consumer: "billing-sync".to_owned(),
+            reconcile_interval: RECONCILE_INTERVAL,
+        }
+    }
+}
+
+/// Brings the projection up (rebuild or repair) and replays pending usage: what `serve`
+/// does before its loop, and what tests call directly.
+pub async fn start(
+    state: &State,
+    stream_store: &Store,
+    options: &WorkerOptions,
+) -> Result<(), String> {
+    consumer::ensure_groups(&state.store)
+        .await
+        .map_err(|e| e.to_string())?;
+    consumer::claim_pending(stream_store, &options.consumer)
+        .await
+        .map_err(|e| e.to_string())?;
+    // Replay what an earlier run read but did not acknowledge.
+    loop {
+        let done = consumer::poll(stream_store, &state.db, &options.consumer, true)
+            .await
+            .map_err(|e| e.to_string())?;
+        if done.read == 0 {
+            break;
+        }
+    }
+    if state.store.is_ready().await.map_err(|e| e.to_string())? {
+        reconcile::sync_accounts(state, false)
+            .await
+            .map_err(|e| e.to_string())?;
+    } else {
+        reconcile::rebuild(state).await.map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+/// One pass of the periodic reconcile work.
+pub async fn reconcile_once(state: &State) -> Result<(), String> {
+    let now = Utc::now();
+    reconcile::expire_due(state, now)
+        .await
+        .map_err(|e| e.to_string())?;
+    reconcile::roll_over_periods(state, now)
+        .await
+        .map_err(|e| e.to_string())?;
+    reconcile::sync_accounts(state, false)
+        .await
+        .map_err(|e| e.to_string())?;
+    reconcile::forget_old_idempotency_records(state)
+        .await
+        .map_err(|e| e.to_string())?;
+    reconcile::ledger_mismatches(state)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+/// Runs until `shutdown` turns true; the batch in hand is committed and acknowledged
+/// first.
+pub async fn run(
+    state: State,
+    stream_store: Store,
+    options: WorkerOptions,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut started = false;
+    let mut last_ready_check = Instant::now();
+    let mut last_reconcile = Instant::now();
+    while !*shutdown.borrow() {
+        if !started {
+            match start(&state, &stream_store, &options).await {
+                Ok(()) => started = true,
+                Err(e) => {
+                    tracing::error!(error = %e, "worker start failed; retrying");
+                    pause(&mut shutdown, ERROR_BACKOFF).await;
+                    continue;
+                }
+            }
+        }
+        let idle = match consumer::poll(&stream_store, &state.db, &options.consumer, false).await {
+            Ok(done) => done.read == 0,
+            Err(e) => {
+                tracing::warn!(error = %e, "usage poll failed");
+                // The group may have vanished with Redis's data: check readiness now.
+                last_ready_check = Instant::now() - READY_CHECK_INTERVAL;
+                pause(&mut shutdown, ERROR_BACKOFF).await;
+                true
+            }
+        };
+        if last_ready_check.elapsed() >= READY_CHECK_INTERVAL {
+            last_ready_check = Instant::now();
+            match state.store.is_ready().await {
+                Ok(true) => {}
+                Ok(false) => {
+                    if let Err(e) = reconcile::rebuild(&state).await {
+                        tracing::error!(error = %e, "rebuild failed; retrying");
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "redis unreachable"),
+            }
+            if let Ok((entries, age_s)) = consumer::lag(&stream_store).await {
+                metrics::gauge!("billing_usage_lag_events").set(entries as f64);
+                metrics::gauge!("billing_usage_lag_seconds").set(age_s);
+            }
+        }
+        if last_reconcile.elapsed() >= options.reconcile_interval {
+            last_reconcile = Instant::now();
+            if let Err(e) = reconcile_once(&state).await {
+                tracing::error!(error = %e, "reconcile failed");
+            }
+        }
+        if idle {
+            pause(&mut shutdown, IDLE_POLL_INTERVAL).await;
+        }
+    }
+    tracing::info!("worker stopped");
+}
+
+async fn pause(shutdown: &mut watch::Receiver<bool>, d: Duration) {
+    tokio::select! {
+        _ = tokio::time::sleep(d) => {}
+        _ = shutdown.changed() => {}
+    }
+}

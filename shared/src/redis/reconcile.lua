@@ -1,0 +1,47 @@
+-- Compare (and repair or set) an account against the ledger, accounting for usage events
+-- the consumer group has not read yet. Atomic with the proxy's debits.
+-- KEYS[1] account hash, KEYS[2] the customer's usage stream
+-- ARGV[1] consumer group, ARGV[2] customer, ARGV[3] plan, ARGV[4] ledger nt, ARGV[5] ledger tr,
+-- ARGV[6] mode: 'set' (always write) or 'repair' (write only on drift)
+-- Returns {existed (0/1), current nt, current tr, expected nt, expected tr, written (0/1)}.
+local last = '0-0'
+local groups = redis.pcall('XINFO', 'GROUPS', KEYS[2])
+if type(groups) == 'table' and not groups.err then
+  for _, g in ipairs(groups) do
+    local name, id
+    for i = 1, #g, 2 do
+      if g[i] == 'name' then name = g[i + 1] end
+      if g[i] == 'last-delivered-id' then id = g[i + 1] end
+    end
+    if name == ARGV[1] and id then last = id end
+  end
+end
+local pend_nt, pend_tr = 0, 0
+if redis.call('EXISTS', KEYS[2]) == 1 then
+  local entries = redis.call('XRANGE', KEYS[2], '(' .. last, '+')
+  for _, e in ipairs(entries) do
+    local f = {}
+    local kv = e[2]
+    for i = 1, #kv, 2 do f[kv[i]] = kv[i + 1] end
+    if f['customer'] == ARGV[2] then
+      local sign = 0
+      if f['kind'] == 'debit' then sign = -1 elseif f['kind'] == 'refund' then sign = 1 end
+      pend_nt = pend_nt + sign * tonumber(f['nt'] or '0')
+      pend_tr = pend_tr + sign * tonumber(f['tr'] or '0')
+    end
+  end
+end
+local exp_nt = tonumber(ARGV[4]) + pend_nt
+local exp_tr = tonumber(ARGV[5]) + pend_tr
+local existed = redis.call('EXISTS', KEYS[1])
+local bal = redis.call('HMGET', KEYS[1], 'nt', 'tr', 'plan')
+local cur_nt = tonumber(bal[1] or '0')
+local cur_tr = tonumber(bal[2] or '0')
+local written = 0
+if ARGV[6] == 'set' or existed == 0 or cur_nt ~= exp_nt or cur_tr ~= exp_tr or bal[3] ~= ARGV[3] then
+  redis.call('HSET', KEYS[1], 'plan', ARGV[3], 'nt', string.format('%d', exp_nt),
+    'tr', string.format('%d', exp_tr))
+  written = 1
+end
+return {existed, string.format('%d', cur_nt), string.format('%d', cur_tr),
+  string.format('%d', exp_nt), string.format('%d', exp_tr), written}
