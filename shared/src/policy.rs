@@ -44,6 +44,8 @@ pub struct Policy {
     pub tax: TaxConfig,
     /// The rules for credit transfers between customers.
     pub transfers: TransfersConfig,
+    /// Checkout, portal and payment-failure settings.
+    pub stripe: StripeConfig,
     /// Plans by name.
     pub plans: BTreeMap<String, Plan>,
     /// The plan new customers start on (and fall back to when a subscription ends).
@@ -132,6 +134,26 @@ pub struct TransfersConfig {
     /// Most a sender may transfer per UTC day; `None` is no cap.
     pub max_per_day: Option<Millicredits>,
 }
+
+/// The `stripe:` section (all optional; URLs default to pages under `sync.public_url`).
+#[derive(Clone, Debug)]
+pub struct StripeConfig {
+    /// Where Checkout sends a customer after paying.
+    pub success_url: String,
+    /// Where Checkout sends a customer who gives up.
+    pub cancel_url: String,
+    /// Where the Customer Portal's "return" link goes.
+    pub portal_return_url: String,
+    /// Payment method types Checkout may offer, filtering Stripe's dynamic set
+    /// (`card`, `us_bank_account`, `sepa_debit`, …); empty offers whatever the Stripe
+    /// dashboard enables.
+    pub payment_methods: Vec<String>,
+    /// Days a subscription may stay `past_due` before the customer drops to the default plan.
+    pub past_due_grace_days: u32,
+}
+
+/// Default days a customer keeps a paid plan after a failed payment.
+pub const DEFAULT_PAST_DUE_GRACE_DAYS: u32 = 7;
 
 /// A plan's request rate: `per_second` sustained, `burst` at once.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -410,6 +432,7 @@ mod raw {
         pub sync: Option<Sync>,
         pub tax: Option<Tax>,
         pub transfers: Option<Transfers>,
+        pub stripe: Option<Stripe>,
         pub plans: S<BTreeMap<String, S<Plan>>>,
         pub default_plan: S<String>,
         pub credit_packs: Option<BTreeMap<String, S<Pack>>>,
@@ -453,6 +476,16 @@ mod raw {
         pub enabled: Option<bool>,
         pub min: Option<S<String>>,
         pub max_per_day: Option<S<String>>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Stripe {
+        pub success_url: Option<S<String>>,
+        pub cancel_url: Option<S<String>>,
+        pub portal_return_url: Option<S<String>>,
+        pub payment_methods: Option<Vec<S<String>>>,
+        pub past_due_grace_days: Option<u32>,
     }
 
     #[derive(Deserialize)]
@@ -522,6 +555,7 @@ impl Checker {
             },
         );
         let transfers = self.transfers(raw.transfers);
+        let stripe = self.stripe(raw.stripe, &sync.public_url);
 
         let mut plans = BTreeMap::new();
         if raw.plans.value.is_empty() {
@@ -562,6 +596,7 @@ impl Checker {
             sync,
             tax,
             transfers,
+            stripe,
             plans,
             default_plan: raw.default_plan.value,
             credit_packs,
@@ -649,6 +684,73 @@ impl Checker {
             listen: self.addr(raw.listen, "127.0.0.1:8081", "listen"),
             admin_listen: self.addr(raw.admin_listen, "127.0.0.1:9091", "admin_listen"),
             public_url,
+        }
+    }
+
+    fn stripe(&mut self, raw: Option<raw::Stripe>, public_url: &str) -> StripeConfig {
+        let raw = raw.unwrap_or(raw::Stripe {
+            success_url: None,
+            cancel_url: None,
+            portal_return_url: None,
+            payment_methods: None,
+            past_due_grace_days: None,
+        });
+        let mut url = |v: Option<Spanned<String>>, field: &str, default: String| match v {
+            Some(u) => {
+                let ok = (u.value.starts_with("http://") || u.value.starts_with("https://"))
+                    && !u.value.contains(' ');
+                if !ok {
+                    self.problem(
+                        &u,
+                        format!("stripe.{field}: want an http(s) URL, got {:?}", u.value),
+                    );
+                }
+                u.value
+            }
+            None => default,
+        };
+        let success_url = url(
+            raw.success_url,
+            "success_url",
+            format!("{public_url}/billing/success"),
+        );
+        let cancel_url = url(
+            raw.cancel_url,
+            "cancel_url",
+            format!("{public_url}/billing/cancel"),
+        );
+        let portal_return_url = url(
+            raw.portal_return_url,
+            "portal_return_url",
+            format!("{public_url}/billing"),
+        );
+        let mut payment_methods = Vec::new();
+        for method in raw.payment_methods.unwrap_or_default() {
+            let ok = !method.value.is_empty()
+                && method
+                    .value
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b == b'_');
+            if ok {
+                payment_methods.push(method.value);
+            } else {
+                self.problem(
+                    &method,
+                    format!(
+                        "stripe.payment_methods: {:?} is not a payment method type",
+                        method.value
+                    ),
+                );
+            }
+        }
+        StripeConfig {
+            success_url,
+            cancel_url,
+            portal_return_url,
+            payment_methods,
+            past_due_grace_days: raw
+                .past_due_grace_days
+                .unwrap_or(DEFAULT_PAST_DUE_GRACE_DAYS),
         }
     }
 
