@@ -26,6 +26,24 @@ impl Currency {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// Decimals of the currency's minor unit as Stripe counts them: 0 for its zero-decimal
+    /// currencies, 2 otherwise.
+    pub fn decimals(&self) -> u32 {
+        const ZERO_DECIMAL: [&str; 16] = [
+            "bif", "clp", "djf", "gnf", "jpy", "kmf", "krw", "mga", "pyg", "rwf", "ugx", "vnd",
+            "vuv", "xaf", "xof", "xpf",
+        ];
+        if ZERO_DECIMAL.contains(&self.0.as_str()) {
+            0
+        } else {
+            2
+        }
+    }
+
+    fn minor_per_major(&self) -> i64 {
+        10_i64.pow(self.decimals())
+    }
 }
 
 impl TryFrom<String> for Currency {
@@ -63,14 +81,24 @@ impl Money {
         Money { amount, currency }
     }
 
-    /// The amount in the currency's minor unit (cents), as Stripe wants it; `None` when the
-    /// amount has fractions of a cent or does not fit. Assumes a two-decimal currency.
+    /// The amount in the currency's minor unit (cents; yen for zero-decimal currencies), as
+    /// Stripe wants it; `None` when the amount has fractions of that unit or does not fit.
     pub fn minor_units(&self) -> Option<i64> {
-        let cents = self.amount.checked_mul(Decimal::ONE_HUNDRED)?;
-        if cents.fract().is_zero() {
-            i64::try_from(cents).ok()
+        let units = self
+            .amount
+            .checked_mul(Decimal::from(self.currency.minor_per_major()))?;
+        if units.fract().is_zero() {
+            i64::try_from(units).ok()
         } else {
             None
+        }
+    }
+
+    /// An amount given in the currency's minor unit, as Stripe gives it.
+    pub fn from_minor_units(units: i64, currency: Currency) -> Money {
+        Money {
+            amount: Decimal::new(units, currency.decimals()),
+            currency,
         }
     }
 }
@@ -91,6 +119,13 @@ mod tests {
             r#"{"amount":"20.00","currency":"usd"}"#
         );
         assert_eq!(money.minor_units(), Some(2000));
+        let back = Money::from_minor_units(2000, Currency::parse("usd").expect("literal"));
+        assert_eq!(back.amount.to_string(), "20.00");
+        let yen = Money::from_minor_units(500, Currency::parse("jpy").expect("literal"));
+        assert_eq!(
+            (yen.amount.to_string().as_str(), yen.minor_units()),
+            ("500", Some(500))
+        );
     }
 
     #[test]
