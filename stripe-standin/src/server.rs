@@ -260,7 +260,7 @@ async fn api_request(
     response
 }
 
-/// Accepts `Authorization: Bearer sk_test_…` or `Basic base64(sk_test_…:)`. The key itself is
+/// Accepts `Authorization: Bearer sk_test_…` (or `rk_test_…`) or `Basic base64(sk_test_…:)`. The key itself is
 /// never logged or echoed.
 fn check_api_key(headers: &HeaderMap) -> Result<(), ApiError> {
     let missing = || {
@@ -290,9 +290,13 @@ fn check_api_key(headers: &HeaderMap) -> Result<(), ApiError> {
             "The Stripe stand-in accepts only test-mode keys (sk_test_…); a live key was sent.",
         ));
     }
-    if !key.starts_with("sk_test_") || key.len() <= "sk_test_".len() {
+    let test_key = ["sk_test_", "rk_test_"]
+        .iter()
+        .any(|prefix| key.len() > prefix.len() && key.starts_with(prefix));
+    if !test_key {
         return Err(ApiError::unauthorized(
-            "Invalid API Key provided. The Stripe stand-in accepts any key starting with sk_test_.",
+            "Invalid API Key provided. The Stripe stand-in accepts any test-mode secret \
+             (sk_test_…) or restricted (rk_test_…) key.",
         ));
     }
     Ok(())

@@ -511,6 +511,20 @@ async fn subscription_checkout_with_automatic_tax_and_pack_checkout() {
             .map(String::as_str),
         Some("small")
     );
+    // invoice_creation makes a paid receipt, listed with the subscription's invoices.
+    let invoices = ListInvoice::new()
+        .customer(customer.id.as_str())
+        .send(&client)
+        .await
+        .expect("invoices");
+    assert_eq!(invoices.data.len(), 2);
+    let receipt = invoices
+        .data
+        .iter()
+        .find(|i| i.subtotal == 1000)
+        .expect("the pack's receipt");
+    assert_eq!(receipt.status, Some(InvoiceStatus::Paid));
+    assert_eq!(receipt.total, 1000, "no automatic tax on this session");
 
     // A recurring price in payment mode is refused, as Stripe does.
     let mut line = CreateCheckoutSessionLineItems::new();

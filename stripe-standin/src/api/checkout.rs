@@ -165,8 +165,14 @@ pub fn create(state: &mut State, call: &Call<'_>) -> Result<Reply, ApiError> {
     }
 
     let id = new_id("cs_test");
-    let payment_method_types = p.str_list("payment_method_types")?;
-    let pmc = if payment_method_types.is_empty() {
+    // `allowed_payment_method_types` filters Stripe's dynamic payment methods;
+    // `payment_method_types` is the older fixed list. Either is echoed back.
+    let allowed_payment_method_types = p.str_list("allowed_payment_method_types")?;
+    let mut payment_method_types = p.str_list("payment_method_types")?;
+    if payment_method_types.is_empty() {
+        payment_method_types = allowed_payment_method_types.clone();
+    }
+    let pmc = if p.str_list("payment_method_types")?.is_empty() {
         json!({"id": new_id("pmc"), "parent": null})
     } else {
         Value::Null
@@ -186,6 +192,11 @@ pub fn create(state: &mut State, call: &Call<'_>) -> Result<Reply, ApiError> {
             "after_expiration": null,
             "adaptive_pricing": null,
             "allow_promotion_codes": p.bool("allow_promotion_codes")?,
+            "allowed_payment_method_types": if allowed_payment_method_types.is_empty() {
+                Value::Null
+            } else {
+                json!(allowed_payment_method_types)
+            },
             "amount_subtotal": amount_subtotal,
             "amount_total": amount_subtotal,
             "automatic_tax": {
@@ -415,6 +426,19 @@ pub fn complete(state: &mut State, ctx: &Ctx, id: &str) -> Result<Completion, Ap
         invoice = Some(inv);
     } else {
         session["payment_intent"] = json!(new_id("pi"));
+        let invoice_creation = session["invoice_creation"]["enabled"] == json!(true);
+        if invoice_creation && let Some(c) = &customer {
+            let inv = invoices::create_for_payment(
+                state,
+                ctx,
+                c,
+                &extra.line_items,
+                automatic_tax,
+                session["metadata"].clone(),
+            )?;
+            session["invoice"] = json!(str_field(&inv, "id"));
+            invoice = Some(inv);
+        }
     }
     let session = state.replace(session);
     events.push(NewEvent {
@@ -429,7 +453,9 @@ pub fn complete(state: &mut State, ctx: &Ctx, id: &str) -> Result<Completion, Ap
             previous_attributes: None,
         });
     }
-    if let Some(inv) = &invoice {
+    // A pack's receipt is listed but, as agreed for the stand-in, sends no `invoice.paid`:
+    // only subscription invoices drive plan state.
+    if let Some(inv) = invoice.as_ref().filter(|_| mode == "subscription") {
         events.push(NewEvent {
             type_: "invoice.paid".into(),
             object: inv.clone(),

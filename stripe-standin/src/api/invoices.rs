@@ -88,22 +88,151 @@ pub fn create_for_subscription(
     paid: bool,
     automatic_tax: bool,
 ) -> Result<Value, ApiError> {
-    let id = new_id("in");
-    let sub_id = str_field(sub, "id");
-    let currency = sub["currency"].clone();
+    let sub_id = str_field(sub, "id").to_owned();
     let (period_start, period_end) = subscriptions::current_period(sub);
-    let mut lines = Vec::new();
+    let lines = sub["items"]["data"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|item| Line {
+            price: item["price"].clone(),
+            quantity: item["quantity"].as_i64().unwrap_or(1),
+            period: (period_start, period_end),
+            parent: json!({
+                "type": "subscription_item_details",
+                "invoice_item_details": null,
+                "subscription_item_details": {
+                    "invoice_item": null,
+                    "proration": false,
+                    "proration_details": {"credited_items": null},
+                    "subscription": sub_id,
+                    "subscription_item": str_field(item, "id"),
+                },
+            }),
+            metadata: sub["metadata"].clone(),
+            subscription: Some(sub_id.clone()),
+        })
+        .collect();
+    let invoice_period = if billing_reason == "subscription_create" {
+        (ctx.now, ctx.now)
+    } else {
+        (period_start, period_start)
+    };
+    create(
+        state,
+        ctx,
+        Draft {
+            customer,
+            currency: sub["currency"].clone(),
+            lines,
+            billing_reason,
+            paid,
+            automatic_tax,
+            period: invoice_period,
+            parent: json!({
+                "type": "subscription_details",
+                "quote_details": null,
+                "subscription_details": {"metadata": sub["metadata"].clone(), "subscription": sub_id},
+            }),
+            subscription: Some(sub_id.clone()),
+            metadata: json!({}),
+        },
+    )
+}
+
+/// Creates the paid receipt a `payment`-mode Checkout Session with `invoice_creation` makes.
+pub fn create_for_payment(
+    state: &mut State,
+    ctx: &Ctx,
+    customer: &Value,
+    line_items: &[(String, u64)],
+    automatic_tax: bool,
+    metadata: Value,
+) -> Result<Value, ApiError> {
+    let mut lines = Vec::with_capacity(line_items.len());
+    let mut currency = Value::Null;
+    for (price_id, quantity) in line_items {
+        let price = state.fetch("price", price_id, "price")?;
+        currency = price["currency"].clone();
+        lines.push(Line {
+            price,
+            quantity: i64::try_from(*quantity).unwrap_or(1),
+            period: (ctx.now, ctx.now),
+            parent: json!({
+                "type": "invoice_item_details",
+                "invoice_item_details": {
+                    "invoice_item": new_id("ii"),
+                    "proration": false,
+                    "proration_details": {"credited_items": null},
+                    "subscription": null,
+                },
+                "subscription_item_details": null,
+            }),
+            metadata: json!({}),
+            subscription: None,
+        });
+    }
+    create(
+        state,
+        ctx,
+        Draft {
+            customer,
+            currency,
+            lines,
+            billing_reason: "manual",
+            paid: true,
+            automatic_tax,
+            period: (ctx.now, ctx.now),
+            parent: Value::Null,
+            subscription: None,
+            metadata,
+        },
+    )
+}
+
+/// One invoice line before amounts and tax.
+struct Line {
+    price: Value,
+    quantity: i64,
+    period: (i64, i64),
+    parent: Value,
+    metadata: Value,
+    subscription: Option<String>,
+}
+
+/// An invoice before amounts and tax.
+struct Draft<'a> {
+    customer: &'a Value,
+    currency: Value,
+    lines: Vec<Line>,
+    billing_reason: &'a str,
+    paid: bool,
+    automatic_tax: bool,
+    period: (i64, i64),
+    parent: Value,
+    subscription: Option<String>,
+    metadata: Value,
+}
+
+fn create(state: &mut State, ctx: &Ctx, draft: Draft<'_>) -> Result<Value, ApiError> {
+    let id = new_id("in");
+    let customer = draft.customer;
+    let mut lines = Vec::with_capacity(draft.lines.len());
     let mut subtotal: i64 = 0;
     let mut tax_total: i64 = 0;
     let mut reason = "not_collecting";
-    for item in sub["items"]["data"].as_array().into_iter().flatten() {
-        let price = &item["price"];
-        let quantity = item["quantity"].as_i64().unwrap_or(1);
+    for line in draft.lines {
+        let price = &line.price;
         let amount = price["unit_amount"]
             .as_i64()
             .unwrap_or(0)
-            .saturating_mul(quantity);
-        let tax = tax_for(Some(customer), amount, automatic_tax, ctx.tax_rate_bps);
+            .saturating_mul(line.quantity);
+        let tax = tax_for(
+            Some(customer),
+            amount,
+            draft.automatic_tax,
+            ctx.tax_rate_bps,
+        );
         reason = tax.reason;
         subtotal = subtotal.saturating_add(amount);
         tax_total = tax_total.saturating_add(tax.amount);
@@ -116,39 +245,31 @@ pub fn create_for_subscription(
             json!({
                 "id": new_id("il"),
                 "amount": amount,
-                "currency": currency.clone(),
-                "description": format!("{quantity} × {product_name}"),
+                "currency": draft.currency.clone(),
+                "description": format!("{} × {product_name}", line.quantity),
                 "discount_amounts": [],
                 "discounts": [],
                 "invoice": id,
-                "metadata": sub["metadata"].clone(),
-                "parent": {
-                    "type": "subscription_item_details",
-                    "invoice_item_details": null,
-                    "subscription_item_details": {
-                        "invoice_item": null,
-                        "proration": false,
-                        "proration_details": {"credited_items": null},
-                        "subscription": sub_id,
-                        "subscription_item": str_field(item, "id"),
-                    },
-                },
-                "period": {"start": period_start, "end": period_end},
+                "metadata": line.metadata,
+                "parent": line.parent,
+                "period": {"start": line.period.0, "end": line.period.1},
                 "pretax_credit_amounts": [],
                 "pricing": {
                     "type": "price_details",
                     "price_details": {"price": str_field(price, "id"), "product": str_field(price, "product")},
                     "unit_amount_decimal": price["unit_amount_decimal"].clone(),
                 },
-                "quantity": quantity,
-                "quantity_decimal": quantity.to_string(),
-                "subscription": sub_id,
+                "quantity": line.quantity,
+                "quantity_decimal": line.quantity.to_string(),
+                "subscription": line.subscription,
                 "subtotal": amount,
-                "taxes": taxes_json(automatic_tax, tax.amount, amount, tax.reason),
+                "taxes": taxes_json(draft.automatic_tax, tax.amount, amount, tax.reason),
             }),
         ));
     }
     let total = subtotal.saturating_add(tax_total);
+    let paid = draft.paid;
+    let automatic_tax = draft.automatic_tax;
     state.invoice_number += 1;
     let number = format!(
         "{}-{:04}",
@@ -175,9 +296,9 @@ pub fn create_for_subscription(
                 "disabled_reason": null,
                 "provider": if automatic_tax { json!("stripe") } else { Value::Null },
             },
-            "billing_reason": billing_reason,
+            "billing_reason": draft.billing_reason,
             "created": ctx.now,
-            "currency": currency,
+            "currency": draft.currency,
             "customer": str_field(customer, "id"),
             "customer_address": customer["address"].clone(),
             "customer_email": customer["email"].clone(),
@@ -191,17 +312,13 @@ pub fn create_for_subscription(
             "invoice_pdf": format!("{base}invoices/{id}/pdf"),
             "last_finalization_error": null,
             "lines": {"object": "list", "data": lines, "has_more": false, "url": format!("/v1/invoices/{id}/lines")},
-            "metadata": {},
+            "metadata": draft.metadata,
             "next_payment_attempt": if paid { Value::Null } else { json!(ctx.now + 3 * 86_400) },
             "number": number,
-            "parent": {
-                "type": "subscription_details",
-                "quote_details": null,
-                "subscription_details": {"metadata": sub["metadata"].clone(), "subscription": sub_id},
-            },
+            "parent": draft.parent,
             "payment_settings": {"default_mandate": null, "payment_method_options": null, "payment_method_types": null},
-            "period_start": if billing_reason == "subscription_create" { ctx.now } else { period_start },
-            "period_end": if billing_reason == "subscription_create" { ctx.now } else { period_start },
+            "period_start": draft.period.0,
+            "period_end": draft.period.1,
             "rendering": null,
             "shipping_cost": null,
             "shipping_details": null,
@@ -212,7 +329,7 @@ pub fn create_for_subscription(
                 "paid_at": if paid { json!(ctx.now) } else { Value::Null },
                 "voided_at": null,
             },
-            "subscription": sub_id,
+            "subscription": draft.subscription,
             "subtotal": subtotal,
             "subtotal_excluding_tax": subtotal,
             "total": total,
