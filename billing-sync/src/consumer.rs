@@ -29,7 +29,7 @@ use uuid::Uuid;
 use crate::ledger::{self, Bucket, Entry, SYSTEM_USAGE, Txn};
 
 /// Entries read per stream per poll; a batch is at most `SHARDS` times this.
-pub const USAGE_BATCH_LEN_MAX: usize = 256;
+pub const USAGE_BATCH_LEN_MAX: usize = 1024;
 
 /// Why a poll failed; the worker retries after a pause.
 #[derive(Debug, thiserror::Error)]
@@ -114,13 +114,38 @@ pub async fn claim_pending(store: &Store, consumer: &str) -> Result<(), StoreErr
     Ok(())
 }
 
-/// Reads one batch (the consumer's own pending entries with `pending`, else new ones),
-/// applies it in one transaction, then acknowledges and trims.
+/// Reads one batch from each half of the shard streams (the consumer's own pending entries
+/// with `pending`, else new ones) and applies the halves concurrently, each in one
+/// transaction on its own connection, then acknowledges and trims. Customers never span
+/// shards, so the halves never wait on each other's locks; two keep both cores of a small
+/// machine busy.
 pub async fn poll(
     store: &Store,
     db: &PgPool,
     consumer: &str,
     pending: bool,
+) -> Result<Applied, ConsumerError> {
+    let half = keys::SHARDS / 2;
+    let (a, b) = tokio::join!(
+        poll_shards(store, db, consumer, pending, 0..half),
+        poll_shards(store, db, consumer, pending, half..keys::SHARDS),
+    );
+    let (a, b) = (a?, b?);
+    Ok(Applied {
+        read: a.read + b.read,
+        applied: a.applied + b.applied,
+        duplicates: a.duplicates + b.duplicates,
+        rejected: a.rejected + b.rejected,
+    })
+}
+
+/// Reads and applies one batch from the streams of `shards`.
+pub async fn poll_shards(
+    store: &Store,
+    db: &PgPool,
+    consumer: &str,
+    pending: bool,
+    shards: std::ops::Range<u16>,
 ) -> Result<Applied, ConsumerError> {
     let mut cmd = redis::cmd("XREADGROUP");
     cmd.arg("GROUP")
@@ -129,10 +154,10 @@ pub async fn poll(
         .arg("COUNT")
         .arg(USAGE_BATCH_LEN_MAX)
         .arg("STREAMS");
-    for shard in 0..keys::SHARDS {
+    for shard in shards.clone() {
         cmd.arg(keys::usage_stream(shard));
     }
-    for _ in 0..keys::SHARDS {
+    for _ in shards {
         cmd.arg(if pending { "0" } else { ">" });
     }
     let reply: Option<StreamReadReply> = store.query(&cmd).await?;
@@ -157,27 +182,25 @@ pub async fn poll(
         return Ok(Applied::default());
     }
     let (applied, duplicates) = apply_batch(db, &events, &rejects).await?;
+    // Acknowledge (after the commit) and trim, every stream in one round trip.
+    let mut pipe = redis::pipe();
     for stream in &streams {
-        if stream.ids.is_empty() {
+        let Some(last) = stream.ids.last() else {
             continue;
-        }
+        };
         let mut ack = redis::cmd("XACK");
         ack.arg(&stream.key).arg(USAGE_CONSUMER_GROUP);
         for entry in &stream.ids {
             ack.arg(&entry.id);
         }
-        store.query::<i64>(&ack).await?;
-        if let Some(last) = stream.ids.last() {
-            store
-                .query::<i64>(
-                    redis::cmd("XTRIM")
-                        .arg(&stream.key)
-                        .arg("MINID")
-                        .arg(&last.id),
-                )
-                .await?;
-        }
+        pipe.add_command(ack).ignore();
+        pipe.cmd("XTRIM")
+            .arg(&stream.key)
+            .arg("MINID")
+            .arg(&last.id)
+            .ignore();
     }
+    store.query_pipeline::<()>(&pipe).await?;
     metrics::counter!("billing_usage_events_applied_total").increment(applied as u64);
     metrics::counter!("billing_usage_events_duplicate_total").increment(duplicates as u64);
     metrics::counter!("billing_usage_events_rejected_total").increment(rejects.len() as u64);

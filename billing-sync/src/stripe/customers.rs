@@ -2,7 +2,8 @@
 //! their ids are kept on our side; email and address live in Stripe.
 
 use stripe::StripeError;
-use stripe_core::customer::{CreateCustomer, UpdateCustomer, UpdateCustomerTaxExempt};
+use stripe_core::customer::{CreateCustomer, UpdateCustomer};
+use stripe_shared::CustomerTaxExempt as UpdateCustomerTaxExempt;
 use std::collections::HashMap;
 
 use super::{Key, Stripe};

@@ -38,7 +38,7 @@ pub async fn list(stripe: &Stripe, stripe_customer: &str) -> Result<Vec<InvoiceV
     let mut views = Vec::with_capacity(list.data.len());
     for invoice in list.data {
         let Some(id) = invoice.id else { continue };
-        let currency = Currency::parse(invoice.currency.as_str())
+        let currency = Currency::parse(&invoice.currency.to_string())
             .map_err(|e| StripeError::JSONDeserialize(format!("invoice {id}: {e}")))?;
         let tax: i64 = invoice.total_taxes.iter().flatten().map(|t| t.amount).sum();
         views.push(InvoiceView {

@@ -51,7 +51,7 @@ pub async fn ensure_configuration(
     match stripe.call(&ListBillingPortalConfiguration::new().active(true).limit(100), Key::Read).await {
         Ok(list) => {
             if let Some(found) =
-                list.data.iter().find(|c| c.metadata.get(METADATA_FINGERPRINT).is_some_and(|f| *f == fingerprint))
+                list.data.iter().find(|c| c.metadata.as_ref().and_then(|m| m.get(METADATA_FINGERPRINT)).is_some_and(|f| *f == fingerprint))
             {
                 return Ok(found.id.to_string());
             }

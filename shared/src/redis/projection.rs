@@ -140,3 +140,14 @@ impl Store {
         })
     }
 }
+
+impl Store {
+    /// Runs a pipeline in one round trip (the consumer's acknowledgements and trims).
+    pub async fn query_pipeline<T: redis::FromRedisValue>(
+        &self,
+        pipe: &redis::Pipeline,
+    ) -> Result<T, StoreError> {
+        let mut conn = self.conn().await?;
+        Ok(pipe.query_async(&mut conn).await?)
+    }
+}
