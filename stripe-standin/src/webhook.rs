@@ -115,6 +115,17 @@ pub(crate) fn spawn_worker(
                 if let Some(url) = settings.url {
                     let delivery =
                         deliver(&client, &url, settings.secret.as_deref(), &event.event).await;
+                    if delivery.succeeded() {
+                        tracing::info!(event_id = %event.id, event_type = %event.type_, "event delivered");
+                    } else {
+                        tracing::warn!(
+                            event_id = %event.id,
+                            event_type = %event.type_,
+                            status = ?delivery.status,
+                            error = delivery.error.as_deref().unwrap_or(""),
+                            "event delivery failed; resend with POST /__standin/events/<id>/resend"
+                        );
+                    }
                     let mut st = lock(&state);
                     if let Some(stored) = st.event_mut(id) {
                         stored.deliveries.push(delivery);

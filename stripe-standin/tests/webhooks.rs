@@ -334,3 +334,97 @@ async fn without_a_webhook_url_events_are_kept_undelivered() {
     assert_eq!(status, 200);
     assert_eq!(body["type"], "checkout.session.completed");
 }
+
+#[tokio::test]
+async fn subscription_changes_through_the_api_emit_updated_deleted_and_proration_invoices() {
+    use stripe_billing::subscription::{
+        CancelSubscription, UpdateSubscription, UpdateSubscriptionItems,
+        UpdateSubscriptionProrationBehavior,
+    };
+    use stripe_shared::InvoiceBillingReason;
+
+    let standin = standin().await;
+    let (addr, mut rx) = webhook_receiver().await;
+    standin.set_webhook_url(format!("http://{addr}/hook"));
+    let client = client(&standin);
+    let (session_id, _) = subscription_session(&standin, true).await;
+    let outcome = standin
+        .complete_checkout(&session_id)
+        .await
+        .expect("completed");
+    for _ in 0..3 {
+        next(&mut rx).await;
+    }
+    let sub_id = outcome
+        .subscription
+        .as_ref()
+        .and_then(|s| s["id"].as_str())
+        .expect("sub")
+        .to_owned();
+    let item_id = outcome
+        .subscription
+        .as_ref()
+        .and_then(|s| s["items"]["data"][0]["id"].as_str())
+        .expect("item")
+        .to_owned();
+
+    let sub = UpdateSubscription::new(sub_id.as_str())
+        .cancel_at_period_end(true)
+        .send(&client)
+        .await
+        .expect("updated");
+    assert!(sub.cancel_at_period_end);
+    assert_eq!(sub.cancel_at, Some(sub.items.data[0].current_period_end));
+    let (received, event) = next(&mut rx).await;
+    assert_eq!(event.type_, EventType::CustomerSubscriptionUpdated);
+    assert!(event.data.previous_attributes.is_some());
+    let payload: serde_json::Value = serde_json::from_str(&received.payload).expect("json");
+    assert_eq!(
+        payload["data"]["previous_attributes"]["cancel_at_period_end"],
+        false
+    );
+
+    // Upgrade to a dearer price, invoiced now for the time left.
+    let high = CreatePrice::new(stripe_types::Currency::USD)
+        .product_data(CreatePriceProductData::new("high plan"))
+        .unit_amount(15000)
+        .recurring(CreatePriceRecurring::new(
+            CreatePriceRecurringInterval::Month,
+        ))
+        .send(&client)
+        .await
+        .expect("price");
+    let mut item = UpdateSubscriptionItems::new();
+    item.id = Some(item_id);
+    item.price = Some(high.id.to_string());
+    let sub = UpdateSubscription::new(sub_id.as_str())
+        .items(vec![item])
+        .proration_behavior(UpdateSubscriptionProrationBehavior::AlwaysInvoice)
+        .send(&client)
+        .await
+        .expect("upgraded");
+    assert_eq!(sub.items.data[0].price.id, high.id);
+    let (_, event) = next(&mut rx).await;
+    assert_eq!(event.type_, EventType::CustomerSubscriptionUpdated);
+    let (_, event) = next(&mut rx).await;
+    let EventObject::InvoicePaid(invoice) = event.data.object else {
+        panic!("expected the proration invoice");
+    };
+    assert_eq!(
+        invoice.billing_reason,
+        Some(InvoiceBillingReason::SubscriptionUpdate)
+    );
+    assert!(
+        invoice.subtotal > 12_000 && invoice.subtotal <= 13_000,
+        "{}",
+        invoice.subtotal
+    );
+
+    let canceled = CancelSubscription::new(sub_id.as_str())
+        .send(&client)
+        .await
+        .expect("canceled");
+    assert_eq!(canceled.status, SubscriptionStatus::Canceled);
+    let (_, event) = next(&mut rx).await;
+    assert_eq!(event.type_, EventType::CustomerSubscriptionDeleted);
+}

@@ -96,6 +96,7 @@ pub fn create_for_subscription(
         .flatten()
         .map(|item| Line {
             price: item["price"].clone(),
+            amount: None,
             quantity: item["quantity"].as_i64().unwrap_or(1),
             period: (period_start, period_end),
             parent: json!({
@@ -140,6 +141,60 @@ pub fn create_for_subscription(
     )
 }
 
+/// Creates the paid invoice for an upgrade made with `proration_behavior=always_invoice`:
+/// one proration line of `amount` for the rest of the current period.
+pub fn create_for_proration(
+    state: &mut State,
+    ctx: &Ctx,
+    sub: &Value,
+    customer: &Value,
+    amount: i64,
+    automatic_tax: bool,
+) -> Result<Value, ApiError> {
+    let sub_id = str_field(sub, "id").to_owned();
+    let (_, period_end) = subscriptions::current_period(sub);
+    let item = &sub["items"]["data"][0];
+    let line = Line {
+        price: item["price"].clone(),
+        amount: Some(amount),
+        quantity: 1,
+        period: (ctx.now, period_end),
+        parent: json!({
+            "type": "subscription_item_details",
+            "invoice_item_details": null,
+            "subscription_item_details": {
+                "invoice_item": new_id("ii"),
+                "proration": true,
+                "proration_details": {"credited_items": null},
+                "subscription": sub_id,
+                "subscription_item": str_field(item, "id"),
+            },
+        }),
+        metadata: sub["metadata"].clone(),
+        subscription: Some(sub_id.clone()),
+    };
+    create(
+        state,
+        ctx,
+        Draft {
+            customer,
+            currency: sub["currency"].clone(),
+            lines: vec![line],
+            billing_reason: "subscription_update",
+            paid: true,
+            automatic_tax,
+            period: (ctx.now, ctx.now),
+            parent: json!({
+                "type": "subscription_details",
+                "quote_details": null,
+                "subscription_details": {"metadata": sub["metadata"].clone(), "subscription": sub_id},
+            }),
+            subscription: Some(sub_id.clone()),
+            metadata: json!({}),
+        },
+    )
+}
+
 /// Creates the paid receipt a `payment`-mode Checkout Session with `invoice_creation` makes.
 pub fn create_for_payment(
     state: &mut State,
@@ -156,6 +211,7 @@ pub fn create_for_payment(
         currency = price["currency"].clone();
         lines.push(Line {
             price,
+            amount: None,
             quantity: i64::try_from(*quantity).unwrap_or(1),
             period: (ctx.now, ctx.now),
             parent: json!({
@@ -193,6 +249,8 @@ pub fn create_for_payment(
 /// One invoice line before amounts and tax.
 struct Line {
     price: Value,
+    /// The line's amount when it is not `unit_amount × quantity` (prorations).
+    amount: Option<i64>,
     quantity: i64,
     period: (i64, i64),
     parent: Value,
@@ -223,10 +281,12 @@ fn create(state: &mut State, ctx: &Ctx, draft: Draft<'_>) -> Result<Value, ApiEr
     let mut reason = "not_collecting";
     for line in draft.lines {
         let price = &line.price;
-        let amount = price["unit_amount"]
-            .as_i64()
-            .unwrap_or(0)
-            .saturating_mul(line.quantity);
+        let amount = line.amount.unwrap_or_else(|| {
+            price["unit_amount"]
+                .as_i64()
+                .unwrap_or(0)
+                .saturating_mul(line.quantity)
+        });
         let tax = tax_for(
             Some(customer),
             amount,

@@ -65,7 +65,9 @@ pub fn list(state: &mut State, call: &Call<'_>) -> Result<Reply, ApiError> {
 }
 
 /// `POST /v1/subscriptions/{id}`: `metadata`, `cancel_at_period_end`, `items[i][id|price]`
-/// (switching plans), `proration_behavior`. Emits `customer.subscription.updated`.
+/// (switching plans), `proration_behavior`. Emits `customer.subscription.updated`; an upgrade
+/// with `proration_behavior=always_invoice` also makes a paid proration invoice
+/// (`billing_reason: subscription_update`) and emits `invoice.paid` after it.
 pub fn update(state: &mut State, call: &Call<'_>, id: &str) -> Result<Reply, ApiError> {
     let p = call.params;
     let before = state.fetch("subscription", id, "id")?;
@@ -97,10 +99,12 @@ pub fn update(state: &mut State, call: &Call<'_>, id: &str) -> Result<Reply, Api
             Value::Null
         };
     }
-    p.one_of(
-        "proration_behavior",
-        &["always_invoice", "create_prorations", "none"],
-    )?;
+    let proration = p
+        .one_of(
+            "proration_behavior",
+            &["always_invoice", "create_prorations", "none"],
+        )?
+        .unwrap_or("create_prorations");
     let items = p.obj_list("items")?;
     if !items.is_empty() {
         if items.len() > ITEMS_MAX {
@@ -160,16 +164,44 @@ pub fn update(state: &mut State, call: &Call<'_>, id: &str) -> Result<Reply, Api
     if sub["metadata"] != before["metadata"] {
         previous.insert("metadata".into(), before["metadata"].clone());
     }
+    // An upgrade with `always_invoice` is charged at once: the difference for the time left.
+    let (old_amount, new_amount) = (recurring_amount(&before), recurring_amount(&sub));
+    let mut proration_invoice = None;
+    if proration == "always_invoice" && new_amount > old_amount {
+        let (start, end) = current_period(&sub);
+        let left = (end - call.ctx.now).clamp(0, (end - start).max(1));
+        let amount = (new_amount - old_amount).saturating_mul(left) / (end - start).max(1);
+        let customer_id = str_field(&sub, "customer").to_owned();
+        let customer = state.fetch("customer", &customer_id, "customer")?;
+        let automatic_tax = sub["automatic_tax"]["enabled"] == json!(true);
+        let inv = invoices::create_for_proration(
+            state,
+            call.ctx,
+            &sub,
+            &customer,
+            amount,
+            automatic_tax,
+        )?;
+        previous.insert("latest_invoice".into(), before["latest_invoice"].clone());
+        sub["latest_invoice"] = json!(str_field(&inv, "id"));
+        proration_invoice = Some(inv);
+    }
     let sub = state.replace(sub);
-    let events = if previous.is_empty() {
-        Vec::new()
-    } else {
-        vec![NewEvent {
+    let mut events = Vec::new();
+    if !previous.is_empty() {
+        events.push(NewEvent {
             type_: "customer.subscription.updated".into(),
             object: sub.clone(),
             previous_attributes: Some(Value::Object(previous)),
-        }]
-    };
+        });
+    }
+    if let Some(inv) = proration_invoice {
+        events.push(NewEvent {
+            type_: "invoice.paid".into(),
+            object: inv,
+            previous_attributes: None,
+        });
+    }
     Ok(Reply {
         body: expanded(state, call, sub)?,
         events,
@@ -441,6 +473,21 @@ pub fn current_period(sub: &Value) -> (i64, i64) {
 
 fn period_end(sub: &Value) -> Value {
     json!(current_period(sub).1)
+}
+
+/// What one period of the subscription costs before tax, in minor units.
+fn recurring_amount(sub: &Value) -> i64 {
+    sub["items"]["data"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|item| {
+            item["price"]["unit_amount"]
+                .as_i64()
+                .unwrap_or(0)
+                .saturating_mul(item["quantity"].as_i64().unwrap_or(1))
+        })
+        .fold(0, i64::saturating_add)
 }
 
 fn item_price_ids(sub: &Value) -> Vec<String> {
