@@ -6,7 +6,7 @@
 //! assertions, and sends correctly signed webhook events when a test (or a browser) "pays".
 //!
 //! Layout:
-//! - [`server`] (private): accept loop, body limit, API key check, idempotency, recording.
+//! - `server`: accept loop, body limit, API key check, idempotency, recording.
 //! - `api/`: one file per Stripe resource (customers, products, prices, checkout, portal,
 //!   subscriptions, invoices, events); `api/mod.rs` only routes.
 //! - `control`: the `/__standin/…` test endpoints and the hosted-page stand-ins.
