@@ -35,7 +35,7 @@ pub struct CheckoutOutcome {
 pub struct SubscriptionOutcome {
     /// The subscription after the change.
     pub subscription: Value,
-    /// The renewal invoice, for `renew` and `fail_payment`.
+    /// The renewal invoice, for `renew`, `fail_payment` and `upcoming`.
     pub invoice: Option<Value>,
     /// Events in the order sent, with their deliveries.
     pub events: Vec<SentEvent>,
@@ -95,6 +95,7 @@ pub(crate) async fn handle(
             let outcome = match *action {
                 "fail_payment" => subscription_action(inner, id, subscriptions::fail_payment).await,
                 "renew" => subscription_action(inner, id, subscriptions::renew).await,
+                "upcoming" => subscription_action(inner, id, subscriptions::upcoming).await,
                 "cancel" => cancel_subscription(inner, id).await,
                 _ => Err(ApiError::unknown_path(
                     "POST",

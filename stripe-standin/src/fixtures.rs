@@ -61,6 +61,7 @@ mod tests {
             "subscription",
             "subscription_item",
             "invoice",
+            "item",
             "line_item",
             "event",
         ] {

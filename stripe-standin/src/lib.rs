@@ -240,6 +240,15 @@ impl StandinHandle {
         control::subscription_action(&self.inner, subscription_id, api::subscriptions::renew).await
     }
 
+    /// A renewal notice: `invoice.upcoming` with the next period's draft invoice.
+    pub async fn upcoming_invoice(
+        &self,
+        subscription_id: &str,
+    ) -> Result<SubscriptionOutcome, ApiError> {
+        control::subscription_action(&self.inner, subscription_id, api::subscriptions::upcoming)
+            .await
+    }
+
     /// Cancels a subscription now: `customer.subscription.deleted`.
     pub async fn cancel_subscription(
         &self,

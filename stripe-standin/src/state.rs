@@ -90,6 +90,8 @@ pub(crate) struct IdempotentResult {
 pub(crate) struct SessionExtra {
     /// `(price id, quantity)` per line item.
     pub line_items: Vec<(String, u64)>,
+    /// `li_…` id of each line item, stable across reads.
+    pub line_item_ids: Vec<String>,
     pub subscription_metadata: Value,
     pub update_address: bool,
     pub update_name: bool,

@@ -407,6 +407,18 @@ async fn subscription_checkout_with_automatic_tax_and_pack_checkout() {
         Some(sub_id.clone())
     );
 
+    let with_items = RetrieveCheckoutSession::new(id.as_str())
+        .expand(vec!["line_items".to_owned()])
+        .send(&client)
+        .await
+        .expect("expanded");
+    let items = with_items.line_items.expect("line_items expanded");
+    assert_eq!(items.data.len(), 1);
+    assert_eq!(items.data[0].amount_tax, 200);
+    assert_eq!(
+        items.data[0].price.as_ref().map(|p| p.id.clone()),
+        Some(price.id.clone())
+    );
     let sub = RetrieveSubscription::new(sub_id.as_str())
         .send(&client)
         .await

@@ -186,6 +186,15 @@ async fn completing_a_subscription_checkout_sends_three_signed_events_in_order()
     assert_eq!(event.type_, EventType::CustomerSubscriptionUpdated);
     let (_, event) = next(&mut rx).await;
     assert_eq!(event.type_, EventType::InvoicePaid);
+    // A renewal notice: the next period's draft invoice, without an id.
+    standin.upcoming_invoice(&sub_id).await.expect("upcoming");
+    let (_, event) = next(&mut rx).await;
+    let EventObject::InvoiceUpcoming(upcoming) = event.data.object else {
+        panic!("expected invoice.upcoming");
+    };
+    assert!(upcoming.id.is_none());
+    assert_eq!(upcoming.status, Some(InvoiceStatus::Draft));
+    assert_eq!(upcoming.total, 2200);
     standin
         .cancel_subscription(&sub_id)
         .await

@@ -262,6 +262,7 @@ pub fn create(state: &mut State, call: &Call<'_>) -> Result<Reply, ApiError> {
         }),
     );
     let extra = SessionExtra {
+        line_item_ids: line_items.iter().map(|_| new_id("li")).collect(),
         line_items,
         subscription_metadata: p.sub("subscription_data").metadata()?,
         update_address,
@@ -272,10 +273,76 @@ pub fn create(state: &mut State, call: &Call<'_>) -> Result<Reply, ApiError> {
     Ok(Reply::body(expanded(state, call, session)?))
 }
 
-/// `GET /v1/checkout/sessions/{id}`
+/// `GET /v1/checkout/sessions/{id}` (`expand[]=line_items` adds the items).
 pub fn retrieve(state: &mut State, call: &Call<'_>, id: &str) -> Result<Reply, ApiError> {
-    let session = state.fetch("checkout.session", id, "session")?;
+    let mut session = state.fetch("checkout.session", id, "session")?;
+    if call.params.str_list("expand")?.contains(&"line_items") {
+        session["line_items"] = line_items(state, &session, call.ctx.tax_rate_bps);
+    }
     Ok(Reply::body(expanded(state, call, session)?))
+}
+
+/// `GET /v1/checkout/sessions/{id}/line_items`
+pub fn list_line_items(state: &mut State, call: &Call<'_>, id: &str) -> Result<Reply, ApiError> {
+    let session = state.fetch("checkout.session", id, "session")?;
+    Ok(Reply::body(line_items(
+        state,
+        &session,
+        call.ctx.tax_rate_bps,
+    )))
+}
+
+/// The session's items as Stripe lists them (`object: "item"`), tax included once paid.
+fn line_items(state: &State, session: &Value, tax_rate_bps: i64) -> Value {
+    let id = str_field(session, "id");
+    let extra = state.sessions.get(id).cloned().unwrap_or_default();
+    let paid = str_field(session, "status") == "complete";
+    let automatic_tax = session["automatic_tax"]["enabled"] == json!(true);
+    let customer = session
+        .get("customer")
+        .and_then(Value::as_str)
+        .and_then(|c| state.get(c));
+    let data: Vec<Value> = extra
+        .line_items
+        .iter()
+        .zip(&extra.line_item_ids)
+        .filter_map(|((price_id, quantity), item_id)| {
+            let price = state.get(price_id)?.clone();
+            let product = state.get(str_field(&price, "product"));
+            let quantity = i64::try_from(*quantity).unwrap_or(1);
+            let subtotal = price["unit_amount"]
+                .as_i64()
+                .unwrap_or(0)
+                .saturating_mul(quantity);
+            let tax = if paid {
+                invoices::tax_for(customer, subtotal, automatic_tax, tax_rate_bps).amount
+            } else {
+                0
+            };
+            Some(fixtures::build(
+                "item",
+                json!({
+                    "id": item_id,
+                    "adjustable_quantity": null,
+                    "amount_discount": 0,
+                    "amount_subtotal": subtotal,
+                    "amount_tax": tax,
+                    "amount_total": subtotal + tax,
+                    "currency": price["currency"].clone(),
+                    "description": product.map(|p| str_field(p, "name")),
+                    "metadata": {},
+                    "price": price,
+                    "quantity": quantity,
+                }),
+            ))
+        })
+        .collect();
+    json!({
+        "object": "list",
+        "data": data,
+        "has_more": false,
+        "url": format!("/v1/checkout/sessions/{id}/line_items"),
+    })
 }
 
 /// `GET /v1/checkout/sessions` (filters `customer`, `subscription`, `status`).

@@ -141,6 +141,85 @@ pub fn create_for_subscription(
     )
 }
 
+/// The invoice Stripe previews before a renewal (`invoice.upcoming`): the next period's
+/// amounts, `status: draft` and no `id` (upcoming invoices have none), not stored.
+pub fn upcoming_for_subscription(
+    state: &mut State,
+    ctx: &Ctx,
+    next_period_sub: &Value,
+    customer: &Value,
+    automatic_tax: bool,
+) -> Value {
+    let sub_id = str_field(next_period_sub, "id").to_owned();
+    let (start, end) = subscriptions::current_period(next_period_sub);
+    let lines = next_period_sub["items"]["data"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|item| Line {
+            price: item["price"].clone(),
+            amount: None,
+            quantity: item["quantity"].as_i64().unwrap_or(1),
+            period: (start, end),
+            parent: json!({
+                "type": "subscription_item_details",
+                "invoice_item_details": null,
+                "subscription_item_details": {
+                    "invoice_item": null,
+                    "proration": false,
+                    "proration_details": {"credited_items": null},
+                    "subscription": sub_id,
+                    "subscription_item": str_field(item, "id"),
+                },
+            }),
+            metadata: next_period_sub["metadata"].clone(),
+            subscription: Some(sub_id.clone()),
+        })
+        .collect();
+    let mut invoice = build(
+        state,
+        ctx,
+        Draft {
+            customer,
+            currency: next_period_sub["currency"].clone(),
+            lines,
+            billing_reason: "upcoming",
+            paid: false,
+            automatic_tax,
+            period: (start, start),
+            parent: json!({
+                "type": "subscription_details",
+                "quote_details": null,
+                "subscription_details": {"metadata": next_period_sub["metadata"].clone(), "subscription": sub_id},
+            }),
+            subscription: Some(sub_id.clone()),
+            metadata: json!({}),
+        },
+    );
+    for (key, value) in [
+        ("id", Value::Null),
+        ("status", json!("draft")),
+        ("attempted", json!(false)),
+        ("attempt_count", json!(0)),
+        ("hosted_invoice_url", Value::Null),
+        ("invoice_pdf", Value::Null),
+        ("number", Value::Null),
+        ("next_payment_attempt", json!(start)),
+        ("created", json!(start)),
+        ("effective_at", Value::Null),
+        ("webhooks_delivered_at", Value::Null),
+    ] {
+        invoice[key] = value;
+    }
+    invoice["status_transitions"]["finalized_at"] = Value::Null;
+    if let Some(lines) = invoice["lines"]["data"].as_array_mut() {
+        for line in lines {
+            line["invoice"] = Value::Null;
+        }
+    }
+    invoice
+}
+
 /// Creates the paid invoice for an upgrade made with `proration_behavior=always_invoice`:
 /// one proration line of `amount` for the rest of the current period.
 pub fn create_for_proration(
@@ -273,6 +352,12 @@ struct Draft<'a> {
 }
 
 fn create(state: &mut State, ctx: &Ctx, draft: Draft<'_>) -> Result<Value, ApiError> {
+    let invoice = build(state, ctx, draft);
+    state.insert(invoice)
+}
+
+/// The invoice JSON for a draft, numbered but not stored.
+fn build(state: &mut State, ctx: &Ctx, draft: Draft<'_>) -> Value {
     let id = new_id("in");
     let customer = draft.customer;
     let mut lines = Vec::with_capacity(draft.lines.len());
@@ -337,7 +422,7 @@ fn create(state: &mut State, ctx: &Ctx, draft: Draft<'_>) -> Result<Value, ApiEr
         state.invoice_number
     );
     let base = &ctx.base_url;
-    let invoice = fixtures::build(
+    fixtures::build(
         "invoice",
         json!({
             "id": id,
@@ -399,8 +484,7 @@ fn create(state: &mut State, ctx: &Ctx, draft: Draft<'_>) -> Result<Value, ApiEr
             "total_taxes": taxes_json(automatic_tax, tax_total, subtotal, reason),
             "webhooks_delivered_at": ctx.now,
         }),
-    );
-    state.insert(invoice)
+    )
 }
 
 /// Stripe Tax's `taxes` array: one entry when tax is on, none otherwise.

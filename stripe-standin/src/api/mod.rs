@@ -90,6 +90,9 @@ pub fn dispatch(state: &mut State, call: &Call<'_>) -> Result<Reply, ApiError> {
         ["checkout", "sessions"] if post => checkout::create(state, call),
         ["checkout", "sessions"] if get => checkout::list(state, call),
         ["checkout", "sessions", id] if get => checkout::retrieve(state, call, id),
+        ["checkout", "sessions", id, "line_items"] if get => {
+            checkout::list_line_items(state, call, id)
+        }
         ["billing_portal", "configurations"] if post => portal::create_configuration(state, call),
         ["billing_portal", "configurations"] if get => portal::list_configurations(state, call),
         ["billing_portal", "configurations", id] if get => {

@@ -312,6 +312,34 @@ fn renew_inner(state: &mut State, ctx: &Ctx, id: &str, paid: bool) -> Result<Ren
     Ok((sub, inv, events))
 }
 
+/// A renewal notice: `invoice.upcoming` with the next period's draft invoice (not stored;
+/// the subscription does not change).
+pub fn upcoming(state: &mut State, ctx: &Ctx, id: &str) -> Result<Renewal, ApiError> {
+    let sub = state.fetch("subscription", id, "id")?;
+    if str_field(&sub, "status") == "canceled" {
+        return Err(ApiError::invalid(format!("subscription {id} is canceled")));
+    }
+    let customer_id = str_field(&sub, "customer").to_owned();
+    let customer = state.fetch("customer", &customer_id, "customer")?;
+    let mut next = sub.clone();
+    if let Some(items) = next["items"]["data"].as_array_mut() {
+        for item in items {
+            let start = item["current_period_end"].as_i64().unwrap_or(ctx.now);
+            let (interval, count) = interval_of(&item["price"]);
+            item["current_period_start"] = json!(start);
+            item["current_period_end"] = json!(add_interval(start, &interval, count));
+        }
+    }
+    let automatic_tax = sub["automatic_tax"]["enabled"] == json!(true);
+    let invoice = invoices::upcoming_for_subscription(state, ctx, &next, &customer, automatic_tax);
+    let events = vec![NewEvent {
+        type_: "invoice.upcoming".into(),
+        object: invoice.clone(),
+        previous_attributes: None,
+    }];
+    Ok((sub, invoice, events))
+}
+
 /// Creates the subscription a completed `subscription`-mode Checkout Session starts: status
 /// `active`, one period of each price's interval from now, `subscription_data[metadata]`.
 pub fn start(
