@@ -541,6 +541,7 @@ async fn subscription_checkout_with_automatic_tax_and_pack_checkout() {
     // A recurring price in payment mode is refused, as Stripe does.
     let mut line = CreateCheckoutSessionLineItems::new();
     line.price = Some(price.id.to_string());
+    line.quantity = Some(1);
     let refused = CreateCheckoutSession::new()
         .mode(CheckoutSessionMode::Payment)
         .line_items(vec![line])
@@ -568,6 +569,7 @@ async fn automatic_tax_for_an_existing_customer_needs_customer_update() {
     let customer = CreateCustomer::new().send(&client).await.expect("customer");
     let mut line = CreateCheckoutSessionLineItems::new();
     line.price = Some(price.id.to_string());
+    line.quantity = Some(1);
     let refused = CreateCheckoutSession::new()
         .mode(CheckoutSessionMode::Subscription)
         .customer(customer.id.as_str())

@@ -271,3 +271,66 @@ async fn the_checkout_page_pays_from_a_browser_and_redirects_to_success_url() {
         "customer_creation=always"
     );
 }
+
+#[tokio::test]
+async fn checkout_refuses_what_stripe_refuses() {
+    let standin = standin().await;
+    let (k, v) = auth();
+    let a = [(k, v.as_str())];
+    let (_, _, price) = raw(
+        &standin,
+        "POST",
+        "/v1/prices",
+        &a,
+        "currency=usd&unit_amount=1000&product_data[name]=Pack",
+    )
+    .await;
+    let price = price["id"].as_str().expect("price id").to_owned();
+    let (_, _, customer) = raw(
+        &standin,
+        "POST",
+        "/v1/customers",
+        &a,
+        "email=a%40example.com",
+    )
+    .await;
+    let customer = customer["id"].as_str().expect("customer id").to_owned();
+    let cases = [
+        (
+            format!("mode=payment&line_items[0][price]={price}"),
+            "line_items[0][quantity]",
+        ),
+        (
+            format!(
+                "mode=payment&line_items[0][price]={price}&line_items[0][quantity]=1&subscription_data[metadata][a]=b"
+            ),
+            "subscription_data",
+        ),
+        (
+            format!(
+                "mode=payment&line_items[0][price]={price}&line_items[0][quantity]=1&customer_update[address]=auto"
+            ),
+            "customer_update",
+        ),
+        (
+            format!(
+                "mode=payment&customer={customer}&line_items[0][price]={price}&line_items[0][quantity]=1&tax_id_collection[enabled]=true&customer_update[address]=auto"
+            ),
+            "tax_id_collection[enabled]",
+        ),
+        (
+            format!("mode=subscription&line_items[0][price]={price}&line_items[0][quantity]=1"),
+            "line_items[0][price]",
+        ),
+        ("mode=payment".to_owned(), "line_items"),
+        (
+            format!("line_items[0][price]={price}&line_items[0][quantity]=1"),
+            "mode",
+        ),
+    ];
+    for (body, param) in cases {
+        let (status, _, answer) = raw(&standin, "POST", "/v1/checkout/sessions", &a, &body).await;
+        assert_eq!(status, 400, "{body}: {answer}");
+        assert_eq!(answer["error"]["param"], param, "{body}: {answer}");
+    }
+}

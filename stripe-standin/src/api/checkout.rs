@@ -81,6 +81,19 @@ pub fn create(state: &mut State, call: &Call<'_>) -> Result<Reply, ApiError> {
     }
     let billing_address_collection =
         p.one_of("billing_address_collection", &["auto", "required"])?;
+    for (param, allowed_mode) in [
+        ("subscription_data", "subscription"),
+        ("payment_intent_data", "payment"),
+        ("invoice_creation", "payment"),
+        ("customer_creation", "payment"),
+    ] {
+        if p.has(param) && mode != allowed_mode {
+            return Err(ApiError::bad_param(
+                param,
+                format!("`{param}` can only be used in `{allowed_mode}` mode."),
+            ));
+        }
+    }
 
     let items = p.obj_list("line_items")?;
     if items.is_empty() {
@@ -125,7 +138,17 @@ pub fn create(state: &mut State, call: &Call<'_>) -> Result<Reply, ApiError> {
                  `subscription` mode or use only one-time prices.",
             ));
         }
-        let quantity = item.int("quantity")?.unwrap_or(1);
+        // Stripe wants a quantity for every licensed (not metered) price.
+        let metered = price["recurring"]["usage_type"] == json!("metered");
+        let quantity = match item.int("quantity")? {
+            Some(q) => q,
+            None if metered => 1,
+            None => {
+                return Err(ApiError::missing_param(&format!(
+                    "line_items[{i}][quantity]"
+                )));
+            }
+        };
         let quantity = u64::try_from(quantity)
             .ok()
             .filter(|q| *q >= 1)
