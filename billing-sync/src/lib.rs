@@ -11,6 +11,8 @@
 //!   period rollovers.
 //! - [`worker`]: the one background loop that runs the consumer and the reconciler in turn.
 //! - [`api`]: the admin and customer HTTP APIs ([`api::app`]), errors in one place.
+//! - [`stripe`]: every Stripe call (catalog, customers, checkout, portal, invoices) and
+//!   webhook signatures.
 //! - [`ops`]: `/metrics`, `/healthz`, `/readyz` on `sync.admin_listen`.
 
 pub mod api;
@@ -20,6 +22,7 @@ pub mod db;
 pub mod ledger;
 pub mod ops;
 pub mod reconcile;
+pub mod stripe;
 pub mod worker;
 
 use std::sync::Arc;

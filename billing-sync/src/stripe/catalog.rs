@@ -8,7 +8,9 @@ use std::collections::HashMap;
 use shared::Money;
 use shared::policy::{Interval, Policy, TaxBehavior};
 use stripe::StripeError;
-use stripe_product::price::{CreatePrice, CreatePriceRecurring, CreatePriceRecurringInterval, ListPrice};
+use stripe_product::price::{
+    CreatePrice, CreatePriceRecurring, CreatePriceRecurringInterval, ListPrice,
+};
 use stripe_product::product::{CreateProduct, RetrieveProduct};
 use stripe_shared::{Price, PriceTaxBehavior, RecurringInterval};
 
@@ -62,13 +64,19 @@ pub async fn sync(stripe: &Stripe, policy: &Policy) -> Result<SyncReport, Stripe
         for (interval, money) in &plan.prices {
             wanted.push(Wanted {
                 product_id: plan_product_id(&plan.name),
-                product_name: format!("{} plan ({} credits a month)", plan.name, plan.credits_per_month),
+                product_name: format!(
+                    "{} plan ({} credits a month)",
+                    plan.name, plan.credits_per_month
+                ),
                 lookup_key: plan_lookup_key(&plan.name, *interval),
                 money: money.clone(),
                 recurring: Some(*interval),
                 metadata: HashMap::from([
                     ("creditgate_plan".to_owned(), plan.name.clone()),
-                    ("creditgate_interval".to_owned(), interval.as_str().to_owned()),
+                    (
+                        "creditgate_interval".to_owned(),
+                        interval.as_str().to_owned(),
+                    ),
                 ]),
             });
         }
@@ -104,12 +112,29 @@ pub async fn sync(stripe: &Stripe, policy: &Policy) -> Result<SyncReport, Stripe
 
 /// Finds a Price by lookup key (active only).
 pub async fn find_price(stripe: &Stripe, lookup_key: &str) -> Result<Option<Price>, StripeError> {
-    let list = stripe.call(&ListPrice::new().lookup_keys(vec![lookup_key.to_owned()]).active(true), Key::Read).await?;
-    Ok(list.data.into_iter().find(|p| p.lookup_key.as_deref() == Some(lookup_key)))
+    let list = stripe
+        .call(
+            &ListPrice::new()
+                .lookup_keys(vec![lookup_key.to_owned()])
+                .active(true),
+            Key::Read,
+        )
+        .await?;
+    Ok(list
+        .data
+        .into_iter()
+        .find(|p| p.lookup_key.as_deref() == Some(lookup_key)))
 }
 
-async fn ensure_product(stripe: &Stripe, policy: &Policy, item: &Wanted) -> Result<bool, StripeError> {
-    match stripe.call(&RetrieveProduct::new(item.product_id.as_str()), Key::Read).await {
+async fn ensure_product(
+    stripe: &Stripe,
+    policy: &Policy,
+    item: &Wanted,
+) -> Result<bool, StripeError> {
+    match stripe
+        .call(&RetrieveProduct::new(item.product_id.as_str()), Key::Read)
+        .await
+    {
         Ok(_) => Ok(false),
         Err(e) if is_not_found(&e) => {
             let mut create = CreateProduct::new(item.product_name.as_str())
@@ -134,23 +159,27 @@ fn tax_behavior(policy: &Policy) -> PriceTaxBehavior {
     }
 }
 
-async fn ensure_price(stripe: &Stripe, policy: &Policy, item: &Wanted) -> Result<(String, bool), StripeError> {
-    let cents = item
-        .money
-        .minor_units()
-        .ok_or_else(|| StripeError::ConfigError(format!("{}: price has fractions of a cent", item.lookup_key)))?;
-    let currency: stripe_types::Currency = item
-        .money
-        .currency
-        .as_str()
-        .parse()
-        .map_err(|_| StripeError::ConfigError(format!("{}: currency unknown to Stripe", item.lookup_key)))?;
+async fn ensure_price(
+    stripe: &Stripe,
+    policy: &Policy,
+    item: &Wanted,
+) -> Result<(String, bool), StripeError> {
+    let cents = item.money.minor_units().ok_or_else(|| {
+        StripeError::ConfigError(format!(
+            "{}: price has fractions of a cent",
+            item.lookup_key
+        ))
+    })?;
+    let currency: stripe_types::Currency = item.money.currency.as_str().parse().map_err(|_| {
+        StripeError::ConfigError(format!("{}: currency unknown to Stripe", item.lookup_key))
+    })?;
     let behavior = tax_behavior(policy);
     if let Some(existing) = find_price(stripe, &item.lookup_key).await? {
         let same = existing.unit_amount == Some(cents)
             && existing.currency == currency
             && existing.product.id().as_str() == item.product_id
-            && existing.recurring.as_ref().map(|r| r.interval.clone()) == item.recurring.map(recurring_interval)
+            && existing.recurring.as_ref().map(|r| r.interval.clone())
+                == item.recurring.map(recurring_interval)
             && existing.tax_behavior.as_ref() == Some(&behavior);
         if same {
             return Ok((existing.id.to_string(), false));

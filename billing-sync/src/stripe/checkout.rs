@@ -10,10 +10,12 @@ use std::collections::HashMap;
 use shared::policy::{Interval, Policy};
 use stripe::StripeError;
 use stripe_checkout::checkout_session::{
-    CreateCheckoutSession, CreateCheckoutSessionAllowedPaymentMethodTypes, CreateCheckoutSessionAutomaticTax,
-    CreateCheckoutSessionCustomerUpdate, CreateCheckoutSessionCustomerUpdateAddress,
-    CreateCheckoutSessionCustomerUpdateName, CreateCheckoutSessionInvoiceCreation, CreateCheckoutSessionLineItems,
-    CreateCheckoutSessionPaymentIntentData, CreateCheckoutSessionSubscriptionData, CreateCheckoutSessionTaxIdCollection,
+    CreateCheckoutSession, CreateCheckoutSessionAllowedPaymentMethodTypes,
+    CreateCheckoutSessionAutomaticTax, CreateCheckoutSessionCustomerUpdate,
+    CreateCheckoutSessionCustomerUpdateAddress, CreateCheckoutSessionCustomerUpdateName,
+    CreateCheckoutSessionInvoiceCreation, CreateCheckoutSessionLineItems,
+    CreateCheckoutSessionPaymentIntentData, CreateCheckoutSessionSubscriptionData,
+    CreateCheckoutSessionTaxIdCollection,
 };
 use stripe_shared::{CheckoutSessionBillingAddressCollection, CheckoutSessionMode};
 
@@ -84,7 +86,9 @@ pub async fn create(
         ),
     };
     metadata.insert(METADATA_CUSTOMER.to_owned(), customer_id.to_owned());
-    let price = find_price(stripe, &lookup_key).await?.ok_or(CheckoutError::PriceMissing(lookup_key))?;
+    let price = find_price(stripe, &lookup_key)
+        .await?
+        .ok_or(CheckoutError::PriceMissing(lookup_key))?;
 
     let mut line = CreateCheckoutSessionLineItems::new();
     line.price = Some(price.id.to_string());
@@ -107,7 +111,9 @@ pub async fn create(
             let mut data = CreateCheckoutSessionPaymentIntentData::new();
             data.metadata = Some(metadata);
             // An invoice for the pack: a tax-compliant receipt, listed in GET /v1/invoices.
-            session = session.payment_intent_data(data).invoice_creation(CreateCheckoutSessionInvoiceCreation::new(true));
+            session = session
+                .payment_intent_data(data)
+                .invoice_creation(CreateCheckoutSessionInvoiceCreation::new(true));
         }
     }
     if policy.tax.enabled {
@@ -121,11 +127,19 @@ pub async fn create(
             .customer_update(update);
     }
     if !policy.stripe.payment_methods.is_empty() {
-        let methods: Vec<CreateCheckoutSessionAllowedPaymentMethodTypes> =
-            policy.stripe.payment_methods.iter().filter_map(|m| m.parse().ok()).collect();
+        let methods: Vec<CreateCheckoutSessionAllowedPaymentMethodTypes> = policy
+            .stripe
+            .payment_methods
+            .iter()
+            .filter_map(|m| m.parse().ok())
+            .collect();
         session = session.allowed_payment_method_types(methods);
     }
     let key = format!("cg-checkout-{customer_id}-{idempotency_key}");
     let created = stripe.call(&session, Key::Stable(&key)).await?;
-    created.url.ok_or_else(|| CheckoutError::Stripe(StripeError::JSONDeserialize("checkout session has no url".into())))
+    created.url.ok_or_else(|| {
+        CheckoutError::Stripe(StripeError::JSONDeserialize(
+            "checkout session has no url".into(),
+        ))
+    })
 }

@@ -34,7 +34,14 @@ pub struct InvoiceView {
 
 /// The newest invoices of `stripe_customer`, newest first.
 pub async fn list(stripe: &Stripe, stripe_customer: &str) -> Result<Vec<InvoiceView>, StripeError> {
-    let list = stripe.call(&ListInvoice::new().customer(stripe_customer).limit(INVOICES_LIST_MAX), Key::Read).await?;
+    let list = stripe
+        .call(
+            &ListInvoice::new()
+                .customer(stripe_customer)
+                .limit(INVOICES_LIST_MAX),
+            Key::Read,
+        )
+        .await?;
     let mut views = Vec::with_capacity(list.data.len());
     for invoice in list.data {
         let Some(id) = invoice.id else { continue };
@@ -43,7 +50,10 @@ pub async fn list(stripe: &Stripe, stripe_customer: &str) -> Result<Vec<InvoiceV
         let tax: i64 = invoice.total_taxes.iter().flatten().map(|t| t.amount).sum();
         views.push(InvoiceView {
             id: id.to_string(),
-            status: invoice.status.map(|s| s.as_str().to_owned()).unwrap_or_else(|| "draft".to_owned()),
+            status: invoice
+                .status
+                .map(|s| s.as_str().to_owned())
+                .unwrap_or_else(|| "draft".to_owned()),
             subtotal: Money::from_minor_units(invoice.subtotal, currency.clone()),
             tax: Money::from_minor_units(tax, currency.clone()),
             total: Money::from_minor_units(invoice.total, currency),

@@ -59,7 +59,11 @@ pub enum Key<'a> {
 impl Stripe {
     /// Builds the client from `STRIPE_SECRET_KEY` and, for the stand-in, `STRIPE_API_BASE`.
     /// A live key is refused unless `production` (`CREDITGATE_ENV=production`).
-    pub fn new(secret_key: &str, api_base: Option<&str>, production: bool) -> Result<Stripe, StripeConfigError> {
+    pub fn new(
+        secret_key: &str,
+        api_base: Option<&str>,
+        production: bool,
+    ) -> Result<Stripe, StripeConfigError> {
         if secret_key.starts_with("sk_live_") || secret_key.starts_with("rk_live_") {
             if !production {
                 return Err(StripeConfigError::LiveKeyOutsideProduction);
@@ -70,11 +74,28 @@ impl Stripe {
         let mut builder = ClientBuilder::new(secret_key);
         if let Some(base) = api_base.filter(|b| !b.is_empty()) {
             // async-stripe joins paths onto the base: it must end with '/'.
-            let base = if base.ends_with('/') { base.to_owned() } else { format!("{base}/") };
+            let base = if base.ends_with('/') {
+                base.to_owned()
+            } else {
+                format!("{base}/")
+            };
             builder = builder.url(base);
         }
-        let client = builder.build().map_err(|e| StripeConfigError::Client(e.to_string()))?;
+        let client = builder
+            .build()
+            .map_err(|e| StripeConfigError::Client(e.to_string()))?;
         Ok(Stripe { client })
+    }
+
+    /// From the environment: `STRIPE_SECRET_KEY` (none: `Ok(None)`, Stripe features answer
+    /// 503 `stripe_not_configured`), `STRIPE_API_BASE`, `CREDITGATE_ENV`.
+    pub fn from_env() -> Result<Option<Stripe>, StripeConfigError> {
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+        let Some(key) = var("STRIPE_SECRET_KEY") else {
+            return Ok(None);
+        };
+        let production = var("CREDITGATE_ENV").is_some_and(|e| e == "production");
+        Stripe::new(key.trim(), var("STRIPE_API_BASE").as_deref(), production).map(Some)
     }
 
     /// Sends `request`, retrying transport failures, 409 (a concurrent request with the same
@@ -95,11 +116,17 @@ impl Stripe {
         loop {
             let strategy = match &key {
                 Some(k) => RequestStrategy::Idempotent(
-                    IdempotencyKey::new(k).map_err(|e| StripeError::ConfigError(format!("idempotency key: {e}")))?,
+                    IdempotencyKey::new(k)
+                        .map_err(|e| StripeError::ConfigError(format!("idempotency key: {e}")))?,
                 ),
                 None => RequestStrategy::Once,
             };
-            let sent = request.customize().request_strategy(strategy).timeout(STRIPE_CALL_TIMEOUT).send(&self.client).await;
+            let sent = request
+                .customize()
+                .request_strategy(strategy)
+                .timeout(STRIPE_CALL_TIMEOUT)
+                .send(&self.client)
+                .await;
             match sent {
                 Err(e) if attempt < STRIPE_ATTEMPTS_MAX && retryable(&e) => {
                     tracing::warn!(attempt, error = %short(&e), "stripe call failed; retrying");
@@ -126,7 +153,10 @@ fn retryable(e: &StripeError) -> bool {
 pub fn short(e: &StripeError) -> String {
     match e {
         StripeError::Stripe(errors, status) => {
-            format!("stripe answered {status}: {}", errors.message.as_deref().unwrap_or("no message"))
+            format!(
+                "stripe answered {status}: {}",
+                errors.message.as_deref().unwrap_or("no message")
+            )
         }
         other => other.to_string(),
     }

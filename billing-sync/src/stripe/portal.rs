@@ -16,7 +16,8 @@ use stripe_billing::billing_portal_configuration::{
     CreateBillingPortalConfigurationFeaturesSubscriptionUpdateScheduleAtPeriodEnd,
     CreateBillingPortalConfigurationFeaturesSubscriptionUpdateScheduleAtPeriodEndConditions,
     CreateBillingPortalConfigurationFeaturesSubscriptionUpdateScheduleAtPeriodEndConditionsType as ConditionType,
-    InvoiceListParam, ListBillingPortalConfiguration, PaymentMethodUpdateParam, SubscriptionUpdateProductParam,
+    InvoiceListParam, ListBillingPortalConfiguration, PaymentMethodUpdateParam,
+    SubscriptionUpdateProductParam,
 };
 use stripe_billing::billing_portal_session::CreateBillingPortalSession;
 
@@ -34,13 +35,22 @@ pub async fn ensure_configuration(
 ) -> Result<String, StripeError> {
     let mut products = Vec::new();
     for plan in policy.paid_plans() {
-        let plan_prices: Vec<String> =
-            plan.prices.keys().filter_map(|i| prices.get(&plan_lookup_key(&plan.name, *i)).cloned()).collect();
+        let plan_prices: Vec<String> = plan
+            .prices
+            .keys()
+            .filter_map(|i| prices.get(&plan_lookup_key(&plan.name, *i)).cloned())
+            .collect();
         if !plan_prices.is_empty() {
-            products.push(SubscriptionUpdateProductParam::new(plan_prices, plan_product_id(&plan.name)));
+            products.push(SubscriptionUpdateProductParam::new(
+                plan_prices,
+                plan_product_id(&plan.name),
+            ));
         }
     }
-    let mut fingerprint: Vec<String> = products.iter().map(|p| format!("{}={}", p.product, p.prices.join("+"))).collect();
+    let mut fingerprint: Vec<String> = products
+        .iter()
+        .map(|p| format!("{}={}", p.product, p.prices.join("+")))
+        .collect();
     fingerprint.push(policy.stripe.portal_return_url.clone());
     let fingerprint = fingerprint.join(";");
     let fingerprint = {
@@ -48,11 +58,22 @@ pub async fn ensure_configuration(
         hex::encode(&sha2::Sha256::digest(fingerprint.as_bytes())[..12])
     };
 
-    match stripe.call(&ListBillingPortalConfiguration::new().active(true).limit(100), Key::Read).await {
+    match stripe
+        .call(
+            &ListBillingPortalConfiguration::new()
+                .active(true)
+                .limit(100),
+            Key::Read,
+        )
+        .await
+    {
         Ok(list) => {
-            if let Some(found) =
-                list.data.iter().find(|c| c.metadata.as_ref().and_then(|m| m.get(METADATA_FINGERPRINT)).is_some_and(|f| *f == fingerprint))
-            {
+            if let Some(found) = list.data.iter().find(|c| {
+                c.metadata
+                    .as_ref()
+                    .and_then(|m| m.get(METADATA_FINGERPRINT))
+                    .is_some_and(|f| *f == fingerprint)
+            }) {
                 return Ok(found.id.to_string());
             }
         }
@@ -69,14 +90,16 @@ pub async fn ensure_configuration(
     features.subscription_cancel = Some(cancel);
     if !products.is_empty() {
         let mut update = CreateBillingPortalConfigurationFeaturesSubscriptionUpdate::new(true);
-        update.default_allowed_updates =
-            Some(vec![CreateBillingPortalConfigurationFeaturesSubscriptionUpdateDefaultAllowedUpdates::Price]);
+        update.default_allowed_updates = Some(vec![
+            CreateBillingPortalConfigurationFeaturesSubscriptionUpdateDefaultAllowedUpdates::Price,
+        ]);
         update.products = Some(products);
         // Upgrades are invoiced at once, prorated…
         update.proration_behavior =
             Some(CreateBillingPortalConfigurationFeaturesSubscriptionUpdateProrationBehavior::AlwaysInvoice);
         // …downgrades (a smaller amount or a shorter interval) wait for the period's end.
-        let mut at_end = CreateBillingPortalConfigurationFeaturesSubscriptionUpdateScheduleAtPeriodEnd::new();
+        let mut at_end =
+            CreateBillingPortalConfigurationFeaturesSubscriptionUpdateScheduleAtPeriodEnd::new();
         at_end.conditions = Some(vec![
             CreateBillingPortalConfigurationFeaturesSubscriptionUpdateScheduleAtPeriodEndConditions::new(
                 ConditionType::DecreasingItemAmount,
@@ -90,7 +113,10 @@ pub async fn ensure_configuration(
     }
     let create = CreateBillingPortalConfiguration::new(features)
         .default_return_url(policy.stripe.portal_return_url.as_str())
-        .metadata(HashMap::from([(METADATA_FINGERPRINT.to_owned(), fingerprint.clone())]));
+        .metadata(HashMap::from([(
+            METADATA_FINGERPRINT.to_owned(),
+            fingerprint.clone(),
+        )]));
     let key = format!("cg-portal-{fingerprint}");
     let created = stripe.call(&create, Key::Stable(&key)).await?;
     tracing::info!(configuration = %created.id, "stripe portal configuration created");

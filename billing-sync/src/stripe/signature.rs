@@ -60,7 +60,12 @@ impl Rejection {
 }
 
 /// Checks `payload` against every secret in `secrets`, as of `now` (Unix seconds).
-pub fn verify(payload: &str, header: Option<&str>, secrets: &[String], now: i64) -> Result<VerifiedEvent, Rejection> {
+pub fn verify(
+    payload: &str,
+    header: Option<&str>,
+    secrets: &[String],
+    now: i64,
+) -> Result<VerifiedEvent, Rejection> {
     let header = header.ok_or(Rejection::MissingSignature)?;
     let mut timestamp = None;
     let mut signatures = Vec::new();
@@ -90,14 +95,24 @@ pub fn verify(payload: &str, header: Option<&str>, secrets: &[String], now: i64)
     let value: serde_json::Value =
         serde_json::from_str(payload).map_err(|e| Rejection::Malformed(e.to_string()))?;
     let text = |v: &serde_json::Value| v.as_str().map(str::to_owned);
-    let id = text(&value["id"]).filter(|id| id.starts_with("evt_")).ok_or_else(|| Rejection::Malformed("no event id".into()))?;
+    let id = text(&value["id"])
+        .filter(|id| id.starts_with("evt_"))
+        .ok_or_else(|| Rejection::Malformed("no event id".into()))?;
     let type_ = text(&value["type"]).ok_or_else(|| Rejection::Malformed("no event type".into()))?;
-    let created = value["created"].as_i64().ok_or_else(|| Rejection::Malformed("no created time".into()))?;
+    let created = value["created"]
+        .as_i64()
+        .ok_or_else(|| Rejection::Malformed("no created time".into()))?;
     let object = value["data"]["object"].clone();
     if !object.is_object() {
         return Err(Rejection::Malformed("no data.object".into()));
     }
-    Ok(VerifiedEvent { id, type_, created, object, raw: payload.to_owned() })
+    Ok(VerifiedEvent {
+        id,
+        type_,
+        created,
+        object,
+        raw: payload.to_owned(),
+    })
 }
 
 #[cfg(test)]
@@ -113,13 +128,31 @@ mod tests {
         let header = Webhook::generate_test_header(EVENT, "whsec_new", Some(now));
         let secrets = vec!["whsec_old".to_owned(), "whsec_new".to_owned()];
         let event = verify(EVENT, Some(&header), &secrets, now).expect("second secret matches");
-        assert_eq!((event.id.as_str(), event.type_.as_str()), ("evt_1", "customer.created"));
-        assert_eq!(verify(EVENT, Some(&header), &secrets[..1], now).err(), Some(Rejection::BadSignature));
-        assert_eq!(verify(EVENT, None, &secrets, now).err(), Some(Rejection::MissingSignature));
-        assert_eq!(verify(EVENT, Some(&header), &secrets, now + 301).err(), Some(Rejection::StaleTimestamp));
+        assert_eq!(
+            (event.id.as_str(), event.type_.as_str()),
+            ("evt_1", "customer.created")
+        );
+        assert_eq!(
+            verify(EVENT, Some(&header), &secrets[..1], now).err(),
+            Some(Rejection::BadSignature)
+        );
+        assert_eq!(
+            verify(EVENT, None, &secrets, now).err(),
+            Some(Rejection::MissingSignature)
+        );
+        assert_eq!(
+            verify(EVENT, Some(&header), &secrets, now + 301).err(),
+            Some(Rejection::StaleTimestamp)
+        );
         let tampered = EVENT.replace("cus_1", "cus_2");
-        assert_eq!(verify(&tampered, Some(&header), &secrets, now).err(), Some(Rejection::BadSignature));
+        assert_eq!(
+            verify(&tampered, Some(&header), &secrets, now).err(),
+            Some(Rejection::BadSignature)
+        );
         let unsigned = Webhook::generate_test_header("{}", "whsec_new", Some(now));
-        assert!(matches!(verify("{}", Some(&unsigned), &secrets, now), Err(Rejection::Malformed(_))));
+        assert!(matches!(
+            verify("{}", Some(&unsigned), &secrets, now),
+            Err(Rejection::Malformed(_))
+        ));
     }
 }
