@@ -23,6 +23,7 @@
 //! ```
 
 #![recursion_limit = "256"]
+#![warn(missing_docs)]
 
 mod api;
 mod control;

@@ -78,10 +78,15 @@ pub struct SentEvent {
 
 /// A stored idempotent result.
 pub(crate) struct IdempotentResult {
+    /// Method of the first request with the key.
     pub method: String,
+    /// Its path.
     pub path: String,
+    /// Its parameters: a replay must send the same ones.
     pub form: Value,
+    /// The status answered.
     pub status: u16,
+    /// The body answered, given again on replay.
     pub body: Value,
 }
 
@@ -92,23 +97,34 @@ pub(crate) struct SessionExtra {
     pub line_items: Vec<(String, u64)>,
     /// `li_…` id of each line item, stable across reads.
     pub line_item_ids: Vec<String>,
+    /// `subscription_data[metadata]`, copied onto the subscription.
     pub subscription_metadata: Value,
+    /// `customer_update[address]=auto`: the collected address is saved on the customer.
     pub update_address: bool,
+    /// `customer_update[name]=auto`: the collected name is saved on the customer.
     pub update_name: bool,
 }
 
 /// The whole account.
 #[derive(Default)]
 pub(crate) struct State {
+    /// Every object by id, as the API shows it (at most [`OBJECTS_MAX`]).
     objects: HashMap<String, Value>,
     /// Ids per `object` type, oldest first; lists read it newest first like Stripe.
     order: HashMap<String, Vec<String>>,
+    /// What Checkout Sessions keep besides the object, by session id.
     pub sessions: HashMap<String, SessionExtra>,
+    /// Idempotent results by key (at most [`IDEMPOTENCY_KEYS_MAX`]).
     pub idempotency: HashMap<String, IdempotentResult>,
+    /// Keys in arrival order, to forget the oldest.
     idempotency_order: VecDeque<String>,
+    /// Recorded `/v1` requests, oldest first (bounded by the config's `requests_max`).
     pub requests: VecDeque<RecordedRequest>,
+    /// Events made, oldest first (at most [`EVENTS_MAX`]).
     pub events: VecDeque<SentEvent>,
+    /// The portal configuration used when a session names none, made on first use.
     pub default_portal_configuration: Option<String>,
+    /// Last invoice number given (numbers are `<customer prefix>-<n>`).
     pub invoice_number: u64,
 }
 

@@ -390,9 +390,13 @@ pub fn list(state: &mut State, call: &Call<'_>) -> Result<Reply, ApiError> {
 
 /// What completing a session produced.
 pub struct Completion {
+    /// The session, now `complete` and `paid`.
     pub session: Value,
+    /// The subscription started (`subscription` mode).
     pub subscription: Option<Value>,
+    /// The first invoice (`subscription` mode) or the receipt (`invoice_creation`).
     pub invoice: Option<Value>,
+    /// Events to send, in order.
     pub events: Vec<NewEvent>,
 }
 

@@ -36,9 +36,13 @@ pub struct Ctx {
 
 /// One API call: method, path after `/v1/`, parameters.
 pub struct Call<'a> {
+    /// `GET`, `POST` or `DELETE`.
     pub method: &'a Method,
+    /// The path after `/v1/`, split on `/` (`["checkout", "sessions", "cs_test_…"]`).
     pub segments: Vec<&'a str>,
+    /// The form body (POST, DELETE with a body) or the query (GET).
     pub params: Params<'a>,
+    /// Time, base URL, request id.
     pub ctx: &'a Ctx,
 }
 
@@ -55,7 +59,9 @@ pub struct NewEvent {
 
 /// A handler's answer.
 pub struct Reply {
+    /// The JSON answered with status 200.
     pub body: Value,
+    /// Events to send after the answer, in order.
     pub events: Vec<NewEvent>,
 }
 
