@@ -97,6 +97,27 @@ pub(crate) async fn handle(
                 "renew" => subscription_action(inner, id, subscriptions::renew).await,
                 "upcoming" => subscription_action(inner, id, subscriptions::upcoming).await,
                 "cancel" => cancel_subscription(inner, id).await,
+                "cancel_at_period_end" => {
+                    subscription_action(inner, id, |state, ctx, id| {
+                        subscriptions::portal_cancel_at_period_end(state, ctx, id, true)
+                    })
+                    .await
+                }
+                "resume" => {
+                    subscription_action(inner, id, |state, ctx, id| {
+                        subscriptions::portal_cancel_at_period_end(state, ctx, id, false)
+                    })
+                    .await
+                }
+                "switch" => match price_from_body(headers, body) {
+                    Ok(price) => {
+                        subscription_action(inner, id, |state, ctx, id| {
+                            subscriptions::portal_switch(state, ctx, id, &price)
+                        })
+                        .await
+                    }
+                    Err(e) => Err(e),
+                },
                 _ => Err(ApiError::unknown_path(
                     "POST",
                     &format!("/__standin/{rest}"),
@@ -197,11 +218,11 @@ pub(crate) async fn complete_checkout(
 pub(crate) async fn subscription_action(
     inner: &Inner,
     id: &str,
-    action: subscriptions::RenewalFn,
+    action: impl FnOnce(&mut State, &Ctx, &str) -> Result<subscriptions::Renewal, ApiError>,
 ) -> Result<SubscriptionOutcome, ApiError> {
     let ((subscription, invoice), events) = run(inner, |state, ctx| {
         let (sub, inv, events) = action(state, ctx, id)?;
-        Ok(((sub, Some(inv)), events))
+        Ok(((sub, Some(inv).filter(|i| !i.is_null())), events))
     })
     .await?;
     Ok(SubscriptionOutcome {
@@ -266,6 +287,23 @@ async fn send_event_from_json(inner: &Inner, body: &Bytes) -> Result<SentEvent, 
     let object = request.get("object").cloned().unwrap_or(Value::Null);
     let previous = request.get("previous_attributes").cloned();
     send_event(inner, type_, object, previous).await
+}
+
+/// `price` from a form body (`price=price_…`, as the portal page posts) or JSON
+/// (`{"price":"price_…"}`, as curl or tests do).
+fn price_from_body(headers: &HeaderMap, body: &Bytes) -> Result<String, ApiError> {
+    let parsed = if is_browser_form(headers) {
+        crate::form::parse(body)?
+    } else {
+        serde_json::from_slice(body)
+            .map_err(|e| ApiError::invalid(format!("body is not JSON: {e}")))?
+    };
+    parsed
+        .get("price")
+        .and_then(Value::as_str)
+        .filter(|p| !p.is_empty())
+        .map(str::to_owned)
+        .ok_or_else(|| ApiError::missing_param("price"))
 }
 
 fn set_webhook_from_json(inner: &Inner, body: &Bytes) -> Result<Value, ApiError> {
@@ -408,20 +446,68 @@ fn checkout_page(state: &State, session: &Value) -> String {
 
 fn portal_page(state: &State, session: &Value) -> String {
     let customer = str_field(session, "customer");
+    let config = state
+        .get(str_field(session, "configuration"))
+        .cloned()
+        .unwrap_or(Value::Null);
+    let features = &config["features"];
+    let switchable: Vec<String> = features["subscription_update"]["products"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|p| p["prices"].as_array().cloned().unwrap_or_default())
+        .filter_map(|p| p.as_str().map(str::to_owned))
+        .collect();
+    let at_period_end = features["subscription_cancel"]["mode"] != json!("immediately");
     let mut rows = String::new();
     for sub in state.all("subscription", |s| str_field(s, "customer") == customer) {
         let sid = escape(str_field(sub, "id"));
         let price = &sub["items"]["data"][0]["price"];
-        let cancel = if str_field(sub, "status") == "canceled" {
-            String::new()
-        } else {
+        let mut actions = String::new();
+        let button = |path: &str, label: &str, fields: &str| {
             format!(
-                "<form method=\"post\" action=\"/__standin/subscriptions/{sid}/cancel\"><button>Cancel now</button></form>"
+                "<form method=\"post\" action=\"/__standin/subscriptions/{sid}/{path}\">{fields}\
+                 <button>{label}</button></form>"
             )
         };
+        if str_field(sub, "status") != "canceled" {
+            if sub["cancel_at_period_end"] == json!(true) {
+                actions.push_str(&button("resume", "Don't cancel", ""));
+            } else if at_period_end {
+                actions.push_str(&button("cancel_at_period_end", "Cancel at period end", ""));
+            } else {
+                actions.push_str(&button("cancel", "Cancel now", ""));
+            }
+            for price_id in switchable
+                .iter()
+                .filter(|p| p.as_str() != str_field(price, "id"))
+            {
+                let Some(other) = state.get(price_id) else {
+                    continue;
+                };
+                let label = format!(
+                    "Switch to {} {}",
+                    money(
+                        other["unit_amount"].as_i64().unwrap_or(0),
+                        str_field(other, "currency")
+                    ),
+                    escape(other["recurring"]["interval"].as_str().unwrap_or("")),
+                );
+                let field = format!(
+                    "<input type=\"hidden\" name=\"price\" value=\"{}\">",
+                    escape(price_id)
+                );
+                actions.push_str(&button("switch", &label, &field));
+            }
+        }
         rows.push_str(&format!(
-            "<li><code>{sid}</code> {} — {} {}{cancel}</li>",
+            "<li><code>{sid}</code> {}{} — {} {}{actions}</li>",
             escape(str_field(sub, "status")),
+            if sub["cancel_at_period_end"] == json!(true) {
+                " (cancels at period end)"
+            } else {
+                ""
+            },
             money(
                 price["unit_amount"].as_i64().unwrap_or(0),
                 str_field(price, "currency")

@@ -250,6 +250,33 @@ impl StandinHandle {
             .await
     }
 
+    /// The portal's "cancel at period end": `customer.subscription.updated`; the next
+    /// [`renew_subscription`](Self::renew_subscription) then ends it
+    /// (`customer.subscription.deleted`).
+    pub async fn cancel_at_period_end(
+        &self,
+        subscription_id: &str,
+    ) -> Result<SubscriptionOutcome, ApiError> {
+        control::subscription_action(&self.inner, subscription_id, |state, ctx, id| {
+            api::subscriptions::portal_cancel_at_period_end(state, ctx, id, true)
+        })
+        .await
+    }
+
+    /// The portal's plan switch to `price_id`, following the newest active portal
+    /// configuration: upgrades now (invoiced at once with `always_invoice`), changes its
+    /// `schedule_at_period_end` conditions name at the next renewal.
+    pub async fn switch_price(
+        &self,
+        subscription_id: &str,
+        price_id: &str,
+    ) -> Result<SubscriptionOutcome, ApiError> {
+        control::subscription_action(&self.inner, subscription_id, |state, ctx, id| {
+            api::subscriptions::portal_switch(state, ctx, id, price_id)
+        })
+        .await
+    }
+
     /// Cancels a subscription now: `customer.subscription.deleted`.
     pub async fn cancel_subscription(
         &self,

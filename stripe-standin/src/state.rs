@@ -124,6 +124,8 @@ pub(crate) struct State {
     pub events: VecDeque<SentEvent>,
     /// The portal configuration used when a session names none, made on first use.
     pub default_portal_configuration: Option<String>,
+    /// Downgrades chosen in the portal, applied at the next renewal: subscription → price.
+    pub pending_prices: HashMap<String, String>,
     /// Last invoice number given (numbers are `<customer prefix>-<n>`).
     pub invoice_number: u64,
 }

@@ -437,3 +437,129 @@ async fn subscription_changes_through_the_api_emit_updated_deleted_and_proration
     let (_, event) = next(&mut rx).await;
     assert_eq!(event.type_, EventType::CustomerSubscriptionDeleted);
 }
+
+#[tokio::test]
+async fn portal_switches_upgrade_now_downgrade_at_renewal_and_cancel_at_period_end() {
+    let standin = standin().await;
+    let (addr, mut rx) = webhook_receiver().await;
+    standin.set_webhook_url(format!("http://{addr}/hook"));
+    let (session_id, customer_id) = subscription_session(&standin, true).await;
+    let outcome = standin
+        .complete_checkout(&session_id)
+        .await
+        .expect("completed");
+    for _ in 0..3 {
+        next(&mut rx).await;
+    }
+    let sub = outcome.subscription.expect("subscription");
+    let sub_id = sub["id"].as_str().expect("id").to_owned();
+    let mid = sub["items"]["data"][0]["price"]["id"]
+        .as_str()
+        .expect("price")
+        .to_owned();
+    let product = sub["items"]["data"][0]["price"]["product"]
+        .as_str()
+        .expect("product")
+        .to_owned();
+
+    let (k, v) = auth();
+    let a = [(k, v.as_str())];
+    let (_, _, high) = raw(
+        &standin,
+        "POST",
+        "/v1/prices",
+        &a,
+        &format!("currency=usd&unit_amount=15000&recurring[interval]=month&product={product}"),
+    )
+    .await;
+    let high = high["id"].as_str().expect("high").to_owned();
+    let config = format!(
+        "features[subscription_update][enabled]=true&features[subscription_update][products][0][product]={product}\
+         &features[subscription_update][products][0][prices][0]={mid}&features[subscription_update][products][0][prices][1]={high}\
+         &features[subscription_update][proration_behavior]=always_invoice\
+         &features[subscription_update][schedule_at_period_end][conditions][0][type]=decreasing_item_amount\
+         &features[subscription_cancel][enabled]=true&features[subscription_cancel][mode]=at_period_end"
+    );
+    let (status, _, config) = raw(
+        &standin,
+        "POST",
+        "/v1/billing_portal/configurations",
+        &a,
+        &config,
+    )
+    .await;
+    assert_eq!(status, 200, "{config}");
+    let (_, _, portal) = raw(&standin, "POST", "/v1/billing_portal/sessions", &a, &format!(
+        "customer={customer_id}&return_url=http%3A%2F%2F127.0.0.1%3A1%2Faccount&configuration={}",
+        config["id"].as_str().expect("config id")
+    )).await;
+    let path = portal["url"]
+        .as_str()
+        .expect("url")
+        .replace(&standin.url(), "/");
+    let (_, _, page) = raw(&standin, "GET", &path, &[], "").await;
+    let page = page.as_str().expect("html").to_owned();
+    assert!(
+        page.contains("Switch to 150.00 USD month") && page.contains("Cancel at period end"),
+        "{page}"
+    );
+
+    // Upgrade: now, with a prorated invoice.
+    let up = standin
+        .switch_price(&sub_id, &high)
+        .await
+        .expect("upgraded");
+    assert_eq!(
+        up.subscription["items"]["data"][0]["price"]["id"],
+        high.as_str()
+    );
+    assert!(up.invoice.is_some());
+    assert_eq!(
+        next(&mut rx).await.1.type_,
+        EventType::CustomerSubscriptionUpdated
+    );
+    assert_eq!(next(&mut rx).await.1.type_, EventType::InvoicePaid);
+
+    // Downgrade: scheduled for the renewal.
+    let down = standin
+        .switch_price(&sub_id, &mid)
+        .await
+        .expect("scheduled");
+    assert_eq!(
+        down.subscription["items"]["data"][0]["price"]["id"],
+        high.as_str()
+    );
+    assert!(down.subscription["schedule"].as_str().is_some());
+    next(&mut rx).await;
+    let renewed = standin.renew_subscription(&sub_id).await.expect("renewed");
+    assert_eq!(
+        renewed.subscription["items"]["data"][0]["price"]["id"],
+        mid.as_str()
+    );
+    assert_eq!(
+        renewed.invoice.as_ref().map(|i| i["subtotal"].clone()),
+        Some(json!(2000))
+    );
+    let (_, event) = next(&mut rx).await;
+    let EventObject::CustomerSubscriptionUpdated(sub) = event.data.object else {
+        panic!("expected customer.subscription.updated");
+    };
+    assert_eq!(sub.items.data[0].price.id.as_str(), mid);
+    assert!(sub.schedule.is_none());
+    next(&mut rx).await;
+
+    // Cancel at period end: updated now, deleted at the renewal.
+    standin.cancel_at_period_end(&sub_id).await.expect("set");
+    let (_, event) = next(&mut rx).await;
+    let EventObject::CustomerSubscriptionUpdated(sub) = event.data.object else {
+        panic!("expected customer.subscription.updated");
+    };
+    assert!(sub.cancel_at_period_end);
+    let ended = standin.renew_subscription(&sub_id).await.expect("ended");
+    assert_eq!(ended.subscription["status"], "canceled");
+    assert!(ended.invoice.is_none());
+    assert_eq!(
+        next(&mut rx).await.1.type_,
+        EventType::CustomerSubscriptionDeleted
+    );
+}

@@ -8,10 +8,13 @@
 use chrono::{DateTime, Months, Utc};
 use serde_json::{Map, Value, json};
 
+use http::Method;
+
 use super::{Call, Ctx, NewEvent, Reply, expanded, invoices};
 use crate::error::ApiError;
 use crate::fixtures;
 use crate::ids::new_id;
+use crate::params::Params;
 use crate::state::{State, str_field};
 
 /// Stripe's subscription statuses; `status=all` lists them all (default: all but canceled).
@@ -32,9 +35,6 @@ const ITEMS_MAX: usize = 20;
 
 /// A renewal's result: the subscription, its new invoice, the events to send.
 pub type Renewal = (Value, Value, Vec<NewEvent>);
-
-/// `renew` or `fail_payment`.
-pub type RenewalFn = fn(&mut State, &Ctx, &str) -> Result<Renewal, ApiError>;
 
 /// `GET /v1/subscriptions/{id}`
 pub fn retrieve(state: &mut State, call: &Call<'_>, id: &str) -> Result<Reply, ApiError> {
@@ -261,9 +261,23 @@ fn renew_inner(state: &mut State, ctx: &Ctx, id: &str, paid: bool) -> Result<Ren
     if str_field(&before, "status") == "canceled" {
         return Err(ApiError::invalid(format!("subscription {id} is canceled")));
     }
+    // A subscription set to cancel at period end ends instead of renewing.
+    if before["cancel_at_period_end"] == json!(true) {
+        let (sub, events) = cancel(state, ctx, id, "cancellation_requested")?;
+        return Ok((sub, Value::Null, events));
+    }
     let customer_id = str_field(&before, "customer").to_owned();
     let customer = state.fetch("customer", &customer_id, "customer")?;
     let mut sub = before.clone();
+    // A downgrade scheduled in the portal takes effect with the new period.
+    if let Some(price_id) = state.pending_prices.remove(id) {
+        let price = state.fetch("price", &price_id, "price")?;
+        if let Some(item) = sub["items"]["data"].get_mut(0) {
+            item["plan"] = plan_from_price(&price);
+            item["price"] = price;
+        }
+        sub["schedule"] = Value::Null;
+    }
     if let Some(items) = sub["items"]["data"].as_array_mut() {
         for item in items {
             let start = item["current_period_end"].as_i64().unwrap_or(ctx.now);
@@ -286,6 +300,9 @@ fn renew_inner(state: &mut State, ctx: &Ctx, id: &str, paid: bool) -> Result<Ren
     sub["latest_invoice"] = json!(str_field(&inv, "id"));
     let sub = state.replace(sub);
     let mut previous = json!({"items": before["items"].clone(), "latest_invoice": before["latest_invoice"].clone()});
+    if before["schedule"] != sub["schedule"] {
+        previous["schedule"] = before["schedule"].clone();
+    }
     if before["status"] != sub["status"] {
         previous["status"] = before["status"].clone();
     }
@@ -310,6 +327,120 @@ fn renew_inner(state: &mut State, ctx: &Ctx, id: &str, paid: bool) -> Result<Ren
         vec![invoice_event, updated]
     };
     Ok((sub, inv, events))
+}
+
+/// What the portal's cancel button does with `mode: at_period_end`: sets (or, with
+/// `cancel = false`, clears) `cancel_at_period_end`; `customer.subscription.updated`.
+pub fn portal_cancel_at_period_end(
+    state: &mut State,
+    ctx: &Ctx,
+    id: &str,
+    cancel: bool,
+) -> Result<Renewal, ApiError> {
+    let params = json!({"cancel_at_period_end": cancel.to_string()});
+    let call = Call {
+        method: &Method::POST,
+        segments: Vec::new(),
+        params: Params(&params),
+        ctx,
+    };
+    let reply = update(state, &call, id)?;
+    Ok((reply.body, Value::Null, reply.events))
+}
+
+/// What the portal's plan switch does, following the newest active portal configuration:
+/// a change its `schedule_at_period_end` conditions name (a smaller amount, a shorter
+/// interval) waits for the next renewal (`schedule` is set meanwhile); any other change is
+/// made now with its `proration_behavior` (an upgrade with `always_invoice` is invoiced at
+/// once). Events as for an API update.
+pub fn portal_switch(
+    state: &mut State,
+    ctx: &Ctx,
+    id: &str,
+    price_id: &str,
+) -> Result<Renewal, ApiError> {
+    let mut sub = state.fetch("subscription", id, "id")?;
+    let price = state.fetch("price", price_id, "price")?;
+    if str_field(&price, "type") != "recurring" || price["active"] != json!(true) {
+        return Err(ApiError::bad_param(
+            "price",
+            "the portal switches only to active recurring prices",
+        ));
+    }
+    let item = sub["items"]["data"][0].clone();
+    let item_id = str_field(&item, "id").to_owned();
+    let config = state
+        .all("billing_portal.configuration", |c| {
+            c["active"] == json!(true)
+        })
+        .next()
+        .cloned()
+        .unwrap_or(Value::Null);
+    let update_feature = &config["features"]["subscription_update"];
+    let proration = update_feature["proration_behavior"]
+        .as_str()
+        .unwrap_or("create_prorations")
+        .to_owned();
+    let conditions: Vec<String> = update_feature["schedule_at_period_end"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c["type"].as_str().map(str::to_owned))
+        .collect();
+    let quantity = item["quantity"].as_i64().unwrap_or(1);
+    let old_amount = recurring_amount(&sub);
+    let new_amount = price["unit_amount"]
+        .as_i64()
+        .unwrap_or(0)
+        .saturating_mul(quantity);
+    let decreasing = new_amount < old_amount;
+    let shortening = interval_days(&price) < interval_days(&item["price"]);
+    let scheduled = (decreasing && conditions.iter().any(|c| c == "decreasing_item_amount"))
+        || (shortening && conditions.iter().any(|c| c == "shortening_interval"));
+    if scheduled {
+        let previous = json!({"schedule": sub["schedule"].clone()});
+        state
+            .pending_prices
+            .insert(id.to_owned(), price_id.to_owned());
+        sub["schedule"] = json!(new_id("sub_sched"));
+        let sub = state.replace(sub);
+        let events = vec![NewEvent {
+            type_: "customer.subscription.updated".into(),
+            object: sub.clone(),
+            previous_attributes: Some(previous),
+        }];
+        return Ok((sub, Value::Null, events));
+    }
+    state.pending_prices.remove(id);
+    let params = json!({
+        "items": [{"id": item_id, "price": price_id}],
+        "proration_behavior": proration,
+    });
+    let call = Call {
+        method: &Method::POST,
+        segments: Vec::new(),
+        params: Params(&params),
+        ctx,
+    };
+    let reply = update(state, &call, id)?;
+    let invoice = reply
+        .events
+        .iter()
+        .find(|e| e.type_ == "invoice.paid")
+        .map_or(Value::Null, |e| e.object.clone());
+    Ok((reply.body, invoice, reply.events))
+}
+
+/// A price's billing interval in days (months as 30, years as 365), to compare lengths.
+fn interval_days(price: &Value) -> i64 {
+    let (interval, count) = interval_of(price);
+    let days = match interval.as_str() {
+        "day" => 1,
+        "week" => 7,
+        "year" => 365,
+        _ => 30,
+    };
+    days * count
 }
 
 /// A renewal notice: `invoice.upcoming` with the next period's draft invoice (not stored;
