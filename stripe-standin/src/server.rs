@@ -27,6 +27,9 @@ use crate::{control, form, ids};
 /// Connections served at once; further ones wait to be accepted.
 pub const CONNECTIONS_MAX: usize = 256;
 
+/// Longest `Idempotency-Key` accepted, as in Stripe.
+pub const IDEMPOTENCY_KEY_BYTES_MAX: usize = 255;
+
 /// What the running server shares between connections and the handle.
 pub(crate) struct Inner {
     /// The account; see [`State`] for why a std mutex.
@@ -136,6 +139,14 @@ async fn api_request(
 
     let outcome = (|| {
         check_api_key(headers)?;
+        if idempotency_key
+            .as_ref()
+            .is_some_and(|k| k.is_empty() || k.len() > IDEMPOTENCY_KEY_BYTES_MAX)
+        {
+            return Err(ApiError::invalid(format!(
+                "Idempotency-Key must be 1 to {IDEMPOTENCY_KEY_BYTES_MAX} characters"
+            )));
+        }
         let query_params = query_params?;
         let form_params = form_params?;
         // Stripe reads GET and DELETE parameters from the query, POST ones from the body.
