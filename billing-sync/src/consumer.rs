@@ -147,21 +147,22 @@ pub async fn poll_shards(
     pending: bool,
     shards: std::ops::Range<u16>,
 ) -> Result<Applied, ConsumerError> {
-    let mut cmd = redis::cmd("XREADGROUP");
-    cmd.arg("GROUP")
-        .arg(USAGE_CONSUMER_GROUP)
-        .arg(consumer)
-        .arg("COUNT")
-        .arg(USAGE_BATCH_LEN_MAX)
-        .arg("STREAMS");
-    for shard in shards.clone() {
-        cmd.arg(keys::usage_stream(shard));
+    // One XREADGROUP per stream, pipelined: each command names keys of one hash slot, so
+    // the same code runs on Redis Cluster.
+    let mut pipe = redis::pipe();
+    for shard in shards {
+        pipe.cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg(USAGE_CONSUMER_GROUP)
+            .arg(consumer)
+            .arg("COUNT")
+            .arg(USAGE_BATCH_LEN_MAX)
+            .arg("STREAMS")
+            .arg(keys::usage_stream(shard))
+            .arg(if pending { "0" } else { ">" });
     }
-    for _ in shards {
-        cmd.arg(if pending { "0" } else { ">" });
-    }
-    let reply: Option<StreamReadReply> = store.query(&cmd).await?;
-    let streams: Vec<StreamKey> = reply.map(|r| r.keys).unwrap_or_default();
+    let replies: Vec<Option<StreamReadReply>> = store.query_pipeline(&pipe).await?;
+    let streams: Vec<StreamKey> = replies.into_iter().flatten().flat_map(|r| r.keys).collect();
 
     let mut events = Vec::new();
     let mut rejects: Vec<(String, String, String)> = Vec::new();

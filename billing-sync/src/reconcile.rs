@@ -189,6 +189,20 @@ pub async fn expire_due(state: &State, now: DateTime<Utc>) -> Result<usize, Reco
             .await?;
             let amount = taken.min(current.remaining);
             ledger::expire(&mut tx, &current, amount).await?;
+            if amount > 0 {
+                ledger::audit(
+                    &mut tx,
+                    "system",
+                    "credits.expire",
+                    Some(&current.customer_id),
+                    Some(serde_json::json!({"bucket": current.id, "kind": current.kind,
+                        "remaining": Millicredits::new(current.remaining)})),
+                    Some(serde_json::json!({"bucket": current.id, "kind": current.kind,
+                        "remaining": Millicredits::new(current.remaining - amount),
+                        "expired": Millicredits::new(amount)})),
+                )
+                .await?;
+            }
             tx.commit().await?;
             Ok(amount)
         }

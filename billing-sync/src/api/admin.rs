@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State as AxState};
+use axum::extract::{Query, State as AxState};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, SubsecRound, Utc};
@@ -14,7 +14,7 @@ use shared::{ApiKey, CustomerId, Millicredits};
 use uuid::Uuid;
 
 use super::error::{ApiError, ApiResult};
-use super::extract::{Admin, ApiJson, IdempotencyKey};
+use super::extract::{Admin, ApiJson, ApiPath, IdempotencyKey};
 use super::idempotency;
 use crate::State;
 use crate::ledger::{self, Customer, Grant};
@@ -178,7 +178,7 @@ pub async fn list_customers(
 pub async fn get_customer(
     _: Admin,
     AxState(state): AxState<State>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath,
 ) -> ApiResult<Response> {
     let c = find_customer(&state, &id).await?;
     Ok(axum::Json(customer_view(&state, &c).await?).into_response())
@@ -189,7 +189,7 @@ pub async fn get_customer(
 pub async fn create_api_key(
     _: Admin,
     AxState(state): AxState<State>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath,
 ) -> ApiResult<Response> {
     let c = find_customer(&state, &id).await?;
     let customer = CustomerId::parse(&c.id).map_err(ApiError::Internal)?;
@@ -233,7 +233,7 @@ pub async fn create_api_key(
 pub async fn revoke_api_key(
     _: Admin,
     AxState(state): AxState<State>,
-    Path(key_id): Path<String>,
+    ApiPath(key_id): ApiPath,
 ) -> ApiResult<Response> {
     let key_id = Uuid::parse_str(&key_id).map_err(|_| ApiError::NotFound("api key"))?;
     let mut tx = state.db.begin().await?;
@@ -291,7 +291,7 @@ pub struct NewGrant {
 pub async fn grant(
     _: Admin,
     AxState(state): AxState<State>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath,
     IdempotencyKey(key): IdempotencyKey,
     ApiJson { value: body, raw }: ApiJson<NewGrant>,
 ) -> ApiResult<Response> {
@@ -380,7 +380,7 @@ pub struct TaxExempt {
 pub async fn set_tax_exempt(
     _: Admin,
     AxState(state): AxState<State>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath,
     ApiJson { value: body, .. }: ApiJson<TaxExempt>,
 ) -> ApiResult<Response> {
     if !matches!(body.tax_exempt.as_str(), "none" | "exempt" | "reverse") {

@@ -2,7 +2,7 @@
 //! idempotency hashing), the admin bearer, the customer's API key, the idempotency key.
 
 use axum::body::Bytes;
-use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::extract::{FromRequest, FromRequestParts, Path, Request};
 use axum::http::HeaderMap;
 use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
@@ -135,5 +135,20 @@ impl<S: Send + Sync> FromRequestParts<S> for IdempotencyKey {
             )),
             Some(v) => Ok(IdempotencyKey(v.to_owned())),
         }
+    }
+}
+
+/// One path parameter as text: a malformed one (bad percent-encoding) is a 404 in the
+/// API's shape, never axum's plain text.
+pub struct ApiPath(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for ApiPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        Path::<String>::from_request_parts(parts, state)
+            .await
+            .map(|Path(p)| ApiPath(p))
+            .map_err(|_| ApiError::NotFound("resource"))
     }
 }
