@@ -46,21 +46,37 @@ pub(crate) async fn handle(
     inner: &Inner,
     method: &Method,
     rest: &str,
+    query: &str,
     headers: &HeaderMap,
     body: &Bytes,
 ) -> Response<Full<Bytes>> {
     let segments: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
+    // Filters for the GET lists: `?path=/v1/customers&method=POST`, `?type=invoice.paid`.
+    let filter = crate::form::parse(query.as_bytes()).unwrap_or(Value::Null);
+    let matches = |value: &str, key: &str| filter[key].as_str().is_none_or(|f| f == value);
     let result = match (method.as_str(), segments.as_slice()) {
         ("GET", ["healthz"]) => Ok(json!({"ok": true})),
         ("GET", ["requests"]) => {
-            Ok(json!({"data": lock(&inner.state).requests.iter().collect::<Vec<_>>()}))
+            let state = lock(&inner.state);
+            let data: Vec<_> = state
+                .requests
+                .iter()
+                .filter(|r| matches(&r.path, "path") && matches(&r.method, "method"))
+                .collect();
+            Ok(json!({ "data": data }))
         }
         ("DELETE", ["requests"]) => {
             lock(&inner.state).requests.clear();
             Ok(json!({"deleted": true}))
         }
         ("GET", ["events"]) => {
-            Ok(json!({"data": lock(&inner.state).events.iter().collect::<Vec<_>>()}))
+            let state = lock(&inner.state);
+            let data: Vec<_> = state
+                .events
+                .iter()
+                .filter(|e| matches(&e.type_, "type"))
+                .collect();
+            Ok(json!({ "data": data }))
         }
         ("POST", ["events"]) => send_event_from_json(inner, body)
             .await

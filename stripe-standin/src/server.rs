@@ -103,7 +103,7 @@ async fn handle(inner: Arc<Inner>, req: hyper::Request<Incoming>) -> Response<Fu
     let response = if let Some(rest) = path.strip_prefix("/v1/") {
         api_request(&inner, &method, &path, rest, &query, &headers, &body).await
     } else if let Some(rest) = path.strip_prefix("/__standin/") {
-        control::handle(&inner, &method, rest, &headers, &body).await
+        control::handle(&inner, &method, rest, &query, &headers, &body).await
     } else {
         control::page(&inner, &method, &path)
     };

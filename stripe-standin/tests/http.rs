@@ -172,6 +172,17 @@ async fn recorded_requests_are_readable_over_http_and_bounded() {
         !body.to_string().contains(FAKE_KEY),
         "the API key is not recorded"
     );
+    let (_, _, filtered) = raw(&standin, "GET", "/__standin/requests?method=GET", &[], "").await;
+    assert_eq!(filtered["data"].as_array().map(Vec::len), Some(0));
+    let (_, _, filtered) = raw(
+        &standin,
+        "GET",
+        "/__standin/requests?path=/v1/products",
+        &[],
+        "",
+    )
+    .await;
+    assert_eq!(filtered["data"].as_array().map(Vec::len), Some(3));
 }
 
 #[tokio::test]
