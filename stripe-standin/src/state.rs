@@ -136,11 +136,16 @@ impl State {
         self.objects.get(id)
     }
 
-    /// The object with `id` of type `object`, or Stripe's 404 for `param`.
-    pub fn fetch(&self, object: &str, id: &str, param: &str) -> Result<Value, ApiError> {
-        match self.objects.get(id) {
-            Some(v) if v.get("object").and_then(Value::as_str) == Some(object) => Ok(v.clone()),
-            _ => Err(ApiError::no_such(resource_word(object), id, param)),
+    /// Puts the current Price objects into a subscription's items, as Stripe renders them
+    /// (a price that gave its `lookup_key` away shows `lookup_key: null` there too).
+    pub fn refresh_prices(&self, sub: &mut Value) {
+        if let Some(items) = sub["items"]["data"].as_array_mut() {
+            for item in items {
+                let current = self.objects.get(str_field(&item["price"], "id")).cloned();
+                if let Some(price) = current {
+                    item["price"] = price;
+                }
+            }
         }
     }
 
@@ -169,6 +174,20 @@ impl State {
         let id = str_field(&object, "id").to_owned();
         self.objects.insert(id, object.clone());
         object
+    }
+
+    /// The object with `id` of type `object` as the API shows it now, or Stripe's 404.
+    pub fn fetch(&self, object: &str, id: &str, param: &str) -> Result<Value, ApiError> {
+        match self.objects.get(id) {
+            Some(v) if v.get("object").and_then(Value::as_str) == Some(object) => {
+                let mut v = v.clone();
+                if object == "subscription" {
+                    self.refresh_prices(&mut v);
+                }
+                Ok(v)
+            }
+            _ => Err(ApiError::no_such(resource_word(object), id, param)),
+        }
     }
 
     /// All objects of a type, newest first, that pass `keep`.
@@ -223,9 +242,19 @@ impl State {
         } else {
             (all.iter().take(limit).collect(), all.len() > limit)
         };
+        let data: Vec<Value> = data
+            .into_iter()
+            .map(|v| {
+                let mut v = (*v).clone();
+                if object == "subscription" {
+                    self.refresh_prices(&mut v);
+                }
+                v
+            })
+            .collect();
         let mut list = json!({
             "object": "list",
-            "data": data.into_iter().map(|v| (*v).clone()).collect::<Vec<_>>(),
+            "data": data,
             "has_more": has_more,
             "url": url,
         });

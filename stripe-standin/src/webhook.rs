@@ -65,7 +65,11 @@ pub(crate) fn create_event(
     new: NewEvent,
 ) -> String {
     let id = new_id("evt");
-    let mut data = json!({ "object": new.object });
+    let mut object = new.object;
+    if object["object"] == json!("subscription") {
+        state.refresh_prices(&mut object);
+    }
+    let mut data = json!({ "object": object });
     if let Some(previous) = new.previous_attributes {
         data["previous_attributes"] = previous;
     }

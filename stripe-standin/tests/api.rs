@@ -707,3 +707,65 @@ async fn portal_configuration_and_session() {
     assert!(session.url.starts_with(&standin.url()));
     assert_eq!(session.customer, customer.id.to_string());
 }
+
+#[tokio::test]
+async fn a_subscription_shows_its_price_as_it_is_now() {
+    let standin = standin().await;
+    let client = client(&standin);
+    let price = plan_price(
+        &client,
+        "creditgate_plan_mid",
+        "creditgate_plan_mid_monthly",
+        2000,
+        CreatePriceRecurringInterval::Month,
+    )
+    .await;
+    let customer = CreateCustomer::new().send(&client).await.expect("customer");
+    let mut line = CreateCheckoutSessionLineItems::new();
+    line.price = Some(price.id.to_string());
+    line.quantity = Some(1);
+    let session = CreateCheckoutSession::new()
+        .mode(CheckoutSessionMode::Subscription)
+        .customer(customer.id.as_str())
+        .line_items(vec![line])
+        .success_url("http://127.0.0.1:8081/ok")
+        .send(&client)
+        .await
+        .expect("session");
+    let outcome = standin
+        .complete_checkout(session.id.as_str())
+        .await
+        .expect("paid");
+    let sub_id = outcome.subscription.expect("subscription")["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+
+    // The catalog's price changes: the new Price takes the lookup key over.
+    plan_price(
+        &client,
+        "creditgate_plan_mid",
+        "creditgate_plan_mid_monthly",
+        2500,
+        CreatePriceRecurringInterval::Month,
+    )
+    .await;
+    let sub = RetrieveSubscription::new(sub_id.as_str())
+        .send(&client)
+        .await
+        .expect("subscription");
+    let item_price = &sub.items.data[0].price;
+    assert_eq!(item_price.id, price.id, "the subscription keeps its price");
+    assert_eq!(
+        item_price.lookup_key, None,
+        "which no longer has the lookup key"
+    );
+    assert_eq!(
+        item_price
+            .metadata
+            .get("creditgate_plan")
+            .map(String::as_str),
+        Some("mid"),
+        "price metadata stays"
+    );
+}
