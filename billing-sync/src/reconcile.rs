@@ -57,13 +57,15 @@ async fn account_page(state: &State, after: &str) -> Result<Vec<AccountRow>, sql
 }
 
 /// Compares every account with the ledger (counting unread stream events) and writes the
-/// ones that differ, or all of them with `set`. Holds the projection lock exclusively, so
-/// no grant or transfer lands between the read of Postgres and the write to Redis.
+/// ones that differ, or all of them with `set`. Holds the projection lock exclusively for
+/// each page, so no grant or transfer lands between the read of Postgres and the write to
+/// Redis.
 pub async fn sync_accounts(state: &State, set: bool) -> Result<Drift, ReconcileError> {
-    let _exclusive = state.projection.write().await;
     let mut drift = Drift::default();
     let mut after = String::new();
     loop {
+        // Exclusive per page: grants and transfers wait for one page, not the whole pass.
+        let _exclusive = state.projection.write().await;
         let page = account_page(state, &after).await?;
         let Some(last) = page.last() else { break };
         after = last.0.clone();
@@ -111,6 +113,8 @@ pub async fn rebuild(state: &State) -> Result<Drift, ReconcileError> {
     let drift = sync_accounts(state, true).await?;
     let mut after = String::new();
     loop {
+        // Exclusive: a revocation cannot commit between this read and the write below.
+        let _exclusive = state.projection.write().await;
         let keys: Vec<(String, String)> = sqlx::query_as(
             "SELECT key_hash, customer_id FROM api_keys
              WHERE revoked_at IS NULL AND key_hash > $1 ORDER BY key_hash LIMIT $2",

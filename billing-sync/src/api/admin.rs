@@ -196,6 +196,7 @@ pub async fn create_api_key(
     let key = ApiKey::generate();
     let hash = key.hash();
     let key_id = Uuid::now_v7();
+    let _shared = state.projection.read().await;
     let mut tx = state.db.begin().await?;
     sqlx::query("INSERT INTO api_keys (id, customer_id, key_hash, prefix) VALUES ($1, $2, $3, $4)")
         .bind(key_id)
@@ -236,6 +237,8 @@ pub async fn revoke_api_key(
     ApiPath(key_id): ApiPath,
 ) -> ApiResult<Response> {
     let key_id = Uuid::parse_str(&key_id).map_err(|_| ApiError::NotFound("api key"))?;
+    // Shared with the rebuild's exclusive hold: it cannot re-project this key mid-revocation.
+    let _shared = state.projection.read().await;
     let mut tx = state.db.begin().await?;
     let row: Option<(String, String, Option<DateTime<Utc>>)> = sqlx::query_as(
         "SELECT key_hash, customer_id, revoked_at FROM api_keys WHERE id = $1 FOR UPDATE",
