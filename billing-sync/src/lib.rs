@@ -13,6 +13,8 @@
 //! - [`api`]: the admin and customer HTTP APIs ([`api::app`]), errors in one place.
 //! - [`stripe`]: every Stripe call (catalog, customers, checkout, portal, invoices) and
 //!   webhook signatures.
+//! - [`webhook`]: `POST /webhooks/stripe`: verify, store, apply once; one file per event
+//!   family; the grace period after failed payments.
 //! - [`ops`]: `/metrics`, `/healthz`, `/readyz` on `sync.admin_listen`.
 
 pub mod api;
@@ -23,6 +25,7 @@ pub mod ledger;
 pub mod ops;
 pub mod reconcile;
 pub mod stripe;
+pub mod webhook;
 pub mod worker;
 
 use std::sync::Arc;
@@ -46,6 +49,12 @@ pub struct State {
     /// Writers of the projection take it shared; a rebuild takes it exclusive, so no
     /// increment lands between the rebuild's read of Postgres and its write to Redis.
     pub projection: Arc<RwLock<()>>,
+    /// Stripe, when `STRIPE_SECRET_KEY` is set; Stripe features answer 503 without it.
+    pub stripe: Option<stripe::Stripe>,
+    /// `STRIPE_WEBHOOK_SECRET`, split on commas (several during rotation).
+    pub webhook_secrets: Arc<[String]>,
+    /// The Customer Portal configuration made from the policy at start.
+    pub portal_configuration: Arc<std::sync::OnceLock<String>>,
 }
 
 impl State {
@@ -57,6 +66,22 @@ impl State {
             policy: Arc::new(policy),
             admin_token: admin_token.map(Arc::from),
             projection: Arc::new(RwLock::new(())),
+            stripe: None,
+            webhook_secrets: Arc::from(Vec::new()),
+            portal_configuration: Arc::new(std::sync::OnceLock::new()),
         }
+    }
+
+    /// Adds Stripe and the webhook secrets (comma-separated, as `STRIPE_WEBHOOK_SECRET`).
+    pub fn with_stripe(mut self, stripe: Option<stripe::Stripe>, webhook_secrets: &str) -> State {
+        self.stripe = stripe;
+        let secrets: Vec<String> = webhook_secrets
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect();
+        self.webhook_secrets = Arc::from(secrets);
+        self
     }
 }

@@ -3,6 +3,7 @@
 //! in-process.
 
 pub mod admin;
+pub mod billing;
 pub mod customer;
 pub mod error;
 pub mod extract;
@@ -41,9 +42,16 @@ pub fn app(state: State) -> Router {
             "/v1/transfers",
             post(customer::create_transfer).get(customer::list_transfers),
         )
-        .route("/v1/invoices", get(customer::invoices))
-        .route("/v1/checkout", post(customer::checkout))
-        .route("/v1/portal", post(customer::portal))
+        .route("/v1/invoices", get(billing::list_invoices))
+        .route("/v1/checkout", post(billing::checkout))
+        .route("/v1/portal", post(billing::portal))
+        .route("/admin/v1/stripe/events", get(billing::stripe_events))
+        .route(
+            "/webhooks/stripe",
+            post(crate::webhook::receive).layer(DefaultBodyLimit::max(
+                crate::webhook::WEBHOOK_BODY_BYTES_MAX,
+            )),
+        )
         .fallback(|| async { ApiError::NotFound("route") })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         // Bodies above the limit are refused with 413 before any handler reads them.

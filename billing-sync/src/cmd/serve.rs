@@ -63,7 +63,22 @@ pub async fn run(path: &Path) -> ExitCode {
     };
     let listen = policy.sync.listen;
     let admin_listen = policy.sync.admin_listen;
-    let state = State::new(pool, store, policy, env.admin_token.clone());
+    let stripe = match billing_sync::stripe::Stripe::from_env() {
+        Ok(stripe) => stripe,
+        Err(e) => {
+            eprintln!("billing-sync: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if stripe.is_none() {
+        tracing::warn!("STRIPE_SECRET_KEY is not set: checkout, portal and invoices answer 503");
+    }
+    let webhook_secrets = std::env::var("STRIPE_WEBHOOK_SECRET").unwrap_or_default();
+    if webhook_secrets.trim().is_empty() {
+        tracing::warn!("STRIPE_WEBHOOK_SECRET is not set: every webhook is refused");
+    }
+    let state = State::new(pool, store, policy, env.admin_token.clone())
+        .with_stripe(stripe, &webhook_secrets);
     if state.admin_token.is_none() {
         tracing::warn!("CREDITGATE_ADMIN_TOKEN is not set: the admin API refuses every request");
     }
@@ -73,6 +88,10 @@ pub async fn run(path: &Path) -> ExitCode {
         state.clone(),
         stream_store,
         WorkerOptions::default(),
+        stop_rx.clone(),
+    ));
+    let stripe_tasks = tokio::spawn(billing_sync::webhook::run_background(
+        state.clone(),
         stop_rx.clone(),
     ));
     let api_listener = match tokio::net::TcpListener::bind(listen).await {
@@ -113,6 +132,7 @@ pub async fn run(path: &Path) -> ExitCode {
     }
     // The worker finishes the batch in hand (commit, then ack) before it returns.
     let _ = tokio::time::timeout(SHUTDOWN_GRACE, worker).await;
+    let _ = tokio::time::timeout(SHUTDOWN_GRACE, stripe_tasks).await;
     tracing::info!("stopped");
     ExitCode::SUCCESS
 }

@@ -30,6 +30,8 @@ pub const METADATA_PLAN: &str = "creditgate_plan";
 pub const METADATA_INTERVAL: &str = "creditgate_interval";
 /// Metadata key holding the credit pack bought.
 pub const METADATA_PACK: &str = "creditgate_pack";
+/// Metadata key holding the credits a pack adds, as sold.
+pub const METADATA_CREDITS: &str = "creditgate_credits";
 
 /// What is being bought.
 #[derive(Clone, Debug)]
@@ -79,11 +81,21 @@ pub async fn create(
                 (METADATA_INTERVAL.to_owned(), interval.as_str().to_owned()),
             ]),
         ),
-        Purchase::Pack { pack } => (
-            pack_lookup_key(pack),
-            CheckoutSessionMode::Payment,
-            HashMap::from([(METADATA_PACK.to_owned(), pack.clone())]),
-        ),
+        Purchase::Pack { pack } => {
+            let credits = policy
+                .credit_packs
+                .get(pack)
+                .map(|p| p.credits.to_string())
+                .unwrap_or_default();
+            (
+                pack_lookup_key(pack),
+                CheckoutSessionMode::Payment,
+                HashMap::from([
+                    (METADATA_PACK.to_owned(), pack.clone()),
+                    (METADATA_CREDITS.to_owned(), credits),
+                ]),
+            )
+        }
     };
     metadata.insert(METADATA_CUSTOMER.to_owned(), customer_id.to_owned());
     let price = find_price(stripe, &lookup_key)
@@ -135,7 +147,12 @@ pub async fn create(
             .collect();
         session = session.allowed_payment_method_types(methods);
     }
-    let key = format!("cg-checkout-{customer_id}-{idempotency_key}");
+    // Stripe caps keys at 255 characters: the caller's key is hashed into ours.
+    let digest = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(idempotency_key.as_bytes()))
+    };
+    let key = format!("cg-checkout-{customer_id}-{digest}");
     let created = stripe.call(&session, Key::Stable(&key)).await?;
     created.url.ok_or_else(|| {
         CheckoutError::Stripe(StripeError::JSONDeserialize(

@@ -62,6 +62,6 @@ pub async fn list(stripe: &Stripe, stripe_customer: &str) -> Result<Vec<InvoiceV
             created_at: DateTime::from_timestamp(invoice.created, 0).unwrap_or_default(),
         });
     }
-    views.sort_by(|a, b| b.created_at.cmp(&a.created_at));
+    views.sort_by_key(|v| std::cmp::Reverse(v.created_at));
     Ok(views)
 }
