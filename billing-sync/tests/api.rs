@@ -338,6 +338,25 @@ async fn a_transfer_moves_transferable_credits_once_and_both_sides_see_it(db: Pg
         .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{refused}");
     assert_eq!(refused["error"]["code"], "insufficient_credits");
+    // The refusal is the first answer: replayed as is even once B could pay.
+    h.grant(&b, "10", true).await;
+    let (status, replayed) = h
+        .call(
+            Method::POST,
+            "/v1/transfers",
+            &[(bb, bv.as_str()), ("idempotency-key", "t-2")],
+            Some(&json!({"to": a.as_str(), "credits": "6"})),
+        )
+        .await;
+    assert_eq!(
+        (status, &replayed),
+        (StatusCode::UNPROCESSABLE_ENTITY, &refused)
+    );
+    assert_eq!(
+        h.redis_balances(&b).await,
+        (1_000_000, 15_000),
+        "the replay moved nothing"
+    );
     let (status, small) = h
         .call(
             Method::POST,
@@ -359,7 +378,7 @@ async fn a_transfer_moves_transferable_credits_once_and_both_sides_see_it(db: Pg
     assert_eq!(status, StatusCode::NOT_FOUND, "{missing}");
     assert_eq!(
         h.redis_balances(&b).await,
-        (1_000_000, 5_000),
+        (1_000_000, 15_000),
         "refusals changed nothing"
     );
 }

@@ -302,6 +302,7 @@ pub async fn grant(
     if let Some(replay) = idempotency::lookup(&state.db, ACTOR, &key, &hash).await? {
         return Ok(replay);
     }
+    let result: ApiResult<Response> = async {
     let c = find_customer(&state, &id).await?;
     if body.credits.get() <= 0 {
         return Err(ApiError::bad(
@@ -370,6 +371,9 @@ pub async fn grant(
         tracing::warn!(customer_id = %c.id, error = %e, "grant not projected yet; the reconciler will");
     }
     Ok((StatusCode::CREATED, axum::Json(answer)).into_response())
+    }
+    .await;
+    idempotency::remember_refusal(&state.db, ACTOR, &key, &hash, result).await
 }
 
 /// `PUT /admin/v1/customers/{id}/tax-exempt` body.

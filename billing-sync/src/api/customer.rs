@@ -224,6 +224,7 @@ pub async fn create_transfer(
     if let Some(replay) = idempotency::lookup(&state.db, &scope, &key, &hash).await? {
         return Ok(replay);
     }
+    let result: ApiResult<Response> = async {
     let rules = &state.policy.transfers;
     if !rules.enabled {
         return Err(ApiError::Forbidden {
@@ -371,6 +372,9 @@ pub async fn create_transfer(
         tracing::warn!(customer_id = %to, error = %e, "received credits not projected yet; the reconciler will");
     }
     Ok((StatusCode::CREATED, axum::Json(answer)).into_response())
+    }
+    .await;
+    idempotency::remember_refusal(&state.db, &scope, &key, &hash, result).await
 }
 
 /// `GET /v1/transfers`: sent and received, newest first.

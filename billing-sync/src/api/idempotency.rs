@@ -73,3 +73,36 @@ pub async fn save(
     .await?;
     Ok(done.rows_affected() == 1)
 }
+
+/// Keeps a refusal for replay: a 4xx answer (other than a conflict over the key itself) is
+/// the first answer too, so a retry with the same key and body gets it again rather than a
+/// different outcome later. Server-side failures (5xx) are not kept: those are retried.
+pub async fn remember_refusal(
+    db: &PgPool,
+    scope: &str,
+    key: &str,
+    hash: &str,
+    result: ApiResult<Response>,
+) -> ApiResult<Response> {
+    let Err(refusal) = result else {
+        return result;
+    };
+    if !refusal.status().is_client_error() || refusal.code() == "idempotency_conflict" {
+        return Err(refusal);
+    }
+    let stored = sqlx::query(
+        "INSERT INTO idempotency_records (scope, key, request_hash, status, body)
+         VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+    )
+    .bind(scope)
+    .bind(key)
+    .bind(hash)
+    .bind(i32::from(refusal.status().as_u16()))
+    .bind(refusal.body())
+    .execute(db)
+    .await;
+    if let Err(e) = stored {
+        tracing::warn!(error = %e, "refusal not kept for replay");
+    }
+    Err(refusal)
+}
