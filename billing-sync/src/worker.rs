@@ -102,6 +102,7 @@ pub async fn run(
     let mut started = false;
     let mut last_ready_check = Instant::now();
     let mut last_reconcile = Instant::now();
+    let mut replay = false;
     while !*shutdown.borrow() {
         if !started {
             match start(&state, &stream_store, &options).await {
@@ -113,14 +114,27 @@ pub async fn run(
                 }
             }
         }
-        let idle = match consumer::poll(&stream_store, &state.db, &options.consumer, false).await {
-            Ok(done) => done.read == 0,
+        // After a failed batch its entries sit in this consumer's pending list: read that
+        // list again (id 0) until it is empty before new entries, and hold the reconciler
+        // off meanwhile (it would count delivered-but-unapplied debits as drift).
+        let idle = match consumer::poll(&stream_store, &state.db, &options.consumer, replay).await {
+            Ok(done) => {
+                if replay && done.read == 0 {
+                    replay = false;
+                    false
+                } else {
+                    done.read == 0
+                }
+            }
             Err(e) => {
-                tracing::warn!(error = %e, "usage poll failed");
+                tracing::warn!(error = %e, "usage batch failed; replaying it");
+                replay = true;
                 // The group may have vanished with Redis's data: check readiness now.
-                last_ready_check = Instant::now() - READY_CHECK_INTERVAL;
+                last_ready_check = Instant::now()
+                    .checked_sub(READY_CHECK_INTERVAL)
+                    .unwrap_or_else(Instant::now);
                 pause(&mut shutdown, ERROR_BACKOFF).await;
-                true
+                false
             }
         };
         if last_ready_check.elapsed() >= READY_CHECK_INTERVAL {
@@ -139,7 +153,7 @@ pub async fn run(
                 metrics::gauge!("billing_usage_lag_seconds").set(age_s);
             }
         }
-        if last_reconcile.elapsed() >= options.reconcile_interval {
+        if !replay && last_reconcile.elapsed() >= options.reconcile_interval {
             last_reconcile = Instant::now();
             if let Err(e) = reconcile_once(&state).await {
                 tracing::error!(error = %e, "reconcile failed");

@@ -417,3 +417,55 @@ async fn concurrent_transfers_and_debits_never_overspend(db: PgPool) {
     assert_eq!(b_tr, sent, "B received exactly what A sent");
     assert!(sent <= 100_000, "only transferable credits moved");
 }
+
+#[sqlx::test]
+async fn a_failed_batch_is_replayed_without_a_restart_and_never_counted_as_drift(db: PgPool) {
+    let h = Harness::start(db).await;
+    let c = h.customer("acme").await;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let options = worker::WorkerOptions {
+        reconcile_interval: Duration::from_millis(100),
+        ..worker::WorkerOptions::default()
+    };
+    let task = tokio::spawn(worker::run(
+        h.state.clone(),
+        h.stream_store.clone(),
+        options,
+        stopped,
+    ));
+    // Postgres refuses the batch (the table is away), while the reconciler keeps its pace.
+    sqlx::query("ALTER TABLE usage_events RENAME TO usage_events_away")
+        .execute(&h.state.db)
+        .await
+        .expect("rename");
+    for i in 0..10 {
+        h.state
+            .store
+            .admit(&c, mc("3"), "api", &format!("r{i}"), now_ms())
+            .await
+            .expect("admit");
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        h.redis_balances(&c).await,
+        (970_000, 0),
+        "no drift repair on unapplied debits"
+    );
+    sqlx::query("ALTER TABLE usage_events_away RENAME TO usage_events")
+        .execute(&h.state.db)
+        .await
+        .expect("rename back");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while count(&h.state.db, "SELECT count(*) FROM usage_events").await < 10 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the failed batch was not replayed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let _ = stop.send(true);
+    let _ = task.await;
+    assert_eq!(h.ledger_balances(&c).await, (970_000, 0));
+    assert_eq!(h.redis_balances(&c).await, (970_000, 0));
+}
