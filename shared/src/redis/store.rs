@@ -435,3 +435,23 @@ impl Store {
         self.query(redis::cmd("EXISTS").arg(keys::READY)).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn tls_and_cluster_urls_are_accepted() {
+        for url in [
+            "rediss://127.0.0.1:6380",
+            "redis://127.0.0.1:6379/2",
+            "redis://a:7000,redis://b:7001",
+        ] {
+            assert!(
+                Store::connect(url, StoreOptions::default()).is_ok(),
+                "{url}"
+            );
+        }
+        assert!(Store::connect("http://nope", StoreOptions::default()).is_err());
+    }
+}
