@@ -55,9 +55,17 @@ impl World {
             standin.set_webhook_url(format!("http://{addr}/webhooks/stripe"));
         }
         let stripe = h.state.stripe.clone().expect("configured");
-        billing_sync::stripe::catalog::sync(&stripe, &h.state.policy)
+        // What `serve` does at start: the catalog, then the portal configuration.
+        let report = billing_sync::stripe::catalog::sync(&stripe, &h.state.policy)
             .await
             .expect("catalog syncs");
+        billing_sync::stripe::portal::ensure_configuration(
+            &stripe,
+            &h.state.policy,
+            &report.prices,
+        )
+        .await
+        .expect("portal configuration");
         World { h, standin }
     }
 
@@ -490,4 +498,136 @@ async fn every_order_and_duplication_of_a_subscriptions_events_ends_in_the_same_
             "case {case}: cancel={cancel}, order={order:?}"
         );
     }
+}
+
+#[sqlx::test]
+async fn tax_exemption_is_audited_and_passed_to_stripe(db: PgPool) {
+    let w = World::start(db, true).await;
+    let (c, key) = w.customer_with_key("exempt-co").await;
+    let admin = format!("Bearer {ADMIN}");
+    let path = format!("/admin/v1/customers/{c}/tax-exempt");
+    // Set before the Stripe Customer exists: it is created with the status.
+    let (status, _) =
+        w.h.call(
+            Method::PUT,
+            &path,
+            &[("authorization", &admin)],
+            Some(&json!({"tax_exempt": "exempt"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    w.checkout(&key, json!({"credit_pack": "small"})).await;
+    let (stripe_id,): (String,) =
+        sqlx::query_as("SELECT stripe_customer_id FROM customers WHERE id = $1")
+            .bind(c.as_str())
+            .fetch_one(&w.h.state.db)
+            .await
+            .expect("linked");
+    assert_eq!(
+        w.standin.object(&stripe_id).expect("in stripe")["tax_exempt"],
+        "exempt"
+    );
+    // Changed later: passed on.
+    let (status, _) =
+        w.h.call(
+            Method::PUT,
+            &path,
+            &[("authorization", &admin)],
+            Some(&json!({"tax_exempt": "reverse"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        w.standin.object(&stripe_id).expect("in stripe")["tax_exempt"],
+        "reverse"
+    );
+    let (status, body) =
+        w.h.call(
+            Method::PUT,
+            &path,
+            &[("authorization", &admin)],
+            Some(&json!({"tax_exempt": "maybe"})),
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_tax_exempt"))
+    );
+    let (_, audit) =
+        w.h.call(
+            Method::GET,
+            &format!("/admin/v1/audit?customer={c}"),
+            &[("authorization", &admin)],
+            None,
+        )
+        .await;
+    let changes = audit["data"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .filter(|r| r["action"] == "customer.tax_exempt")
+        .count();
+    assert_eq!(changes, 2);
+}
+
+#[sqlx::test]
+async fn a_mid_period_upgrade_grants_the_prorated_difference_once(db: PgPool) {
+    let w = World::start(db, true).await;
+    let (c, key) = w.customer_with_key("upgrader").await;
+    let session = w
+        .checkout(&key, json!({"plan": "mid", "interval": "monthly"}))
+        .await;
+    w.standin
+        .complete_checkout(&session)
+        .await
+        .expect("checkout completes");
+    wait_for("mid allowance", || async {
+        w.h.redis_balances(&c).await == (0, 50_000_000)
+    })
+    .await;
+    let sub = w.customer_row(&c).await.2.expect("subscription");
+    let stripe = w.h.state.stripe.clone().expect("configured");
+    let high = billing_sync::stripe::catalog::find_price(&stripe, "creditgate_plan_high_monthly")
+        .await
+        .expect("stripe answers")
+        .expect("high monthly price");
+    let outcome = w
+        .standin
+        .switch_price(&sub, high.id.as_str())
+        .await
+        .expect("upgrade");
+    for event in &outcome.events {
+        w.standin
+            .resend_event(&event.id)
+            .await
+            .expect("duplicate delivery");
+    }
+    wait_for("plan high", || async {
+        w.customer_row(&c).await.0 == "high"
+    })
+    .await;
+    // 450 000 more credits a month, prorated to the (almost whole) month left, granted once.
+    let (nt, tr) = w.h.redis_balances(&c).await;
+    assert_eq!(nt, 0);
+    let extra = tr - 50_000_000;
+    let events: Vec<(String, String, Option<String>, Value)> =
+        sqlx::query_as("SELECT type, status, last_error, payload->'data'->'object' FROM stripe_events ORDER BY received_at")
+            .fetch_all(&w.h.state.db)
+            .await
+            .expect("events");
+    let events: Vec<String> = events
+        .iter()
+        .map(|(t, s, e, o)| {
+            format!(
+                "{t} {s} {e:?} reason={} lines={}",
+                o["billing_reason"],
+                o["lines"]["data"].as_array().map_or(0, Vec::len)
+            )
+        })
+        .collect();
+    assert!(
+        (449_000_000..=450_000_000).contains(&extra),
+        "prorated extra {extra}: {events:#?}"
+    );
+    assert_eq!(w.h.ledger_balances(&c).await, (0, tr));
 }

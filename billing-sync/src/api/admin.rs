@@ -413,6 +413,9 @@ pub async fn set_tax_exempt(
     )
     .await?;
     tx.commit().await?;
+    // Passed on to Stripe Tax (when the customer has a Stripe Customer; one created later
+    // is given the status when it is made).
+    super::billing::push_tax_exempt(&state, &c.id, &body.tax_exempt).await?;
     let c = find_customer(&state, &id).await?;
     Ok(axum::Json(customer_view(&state, &c).await?).into_response())
 }

@@ -31,19 +31,21 @@ fn stripe_failed(e: &::stripe::StripeError) -> ApiError {
 /// The customer's Stripe Customer, created on first need (once, whatever the concurrency:
 /// Stripe's idempotency key is derived from our id, and the link is written only if absent).
 async fn stripe_customer(state: &State, stripe: &Stripe, customer: &str) -> ApiResult<String> {
-    let row: Option<(Option<String>, String)> =
-        sqlx::query_as("SELECT stripe_customer_id, email FROM customers WHERE id = $1")
+    let row: Option<(Option<String>, String, String)> =
+        sqlx::query_as("SELECT stripe_customer_id, email, tax_exempt FROM customers WHERE id = $1")
             .bind(customer)
             .fetch_optional(&state.db)
             .await?;
-    let (existing, email) = row.ok_or(ApiError::NotFound("customer"))?;
+    let (existing, email, tax_exempt) = row.ok_or(ApiError::NotFound("customer"))?;
     if let Some(id) = existing {
         return Ok(id);
     }
+    let email = Some(&email).filter(|e| !e.is_empty()).map(String::as_str);
     let created = customers::create(
         stripe,
         customer,
-        Some(&email).filter(|e| !e.is_empty()).map(String::as_str),
+        email,
+        customers::TaxExempt::parse(&tax_exempt),
     )
     .await
     .map_err(|e| stripe_failed(&e))?;
@@ -198,12 +200,7 @@ pub async fn push_tax_exempt(state: &State, customer: &str, value: &str) -> ApiR
         // No Stripe Customer yet: it is created with this status when first needed.
         return Ok(());
     };
-    let value = match value {
-        "exempt" => customers::TaxExempt::Exempt,
-        "reverse" => customers::TaxExempt::Reverse,
-        _ => customers::TaxExempt::None,
-    };
-    customers::set_tax_exempt(stripe, &stripe_customer, value)
+    customers::set_tax_exempt(stripe, &stripe_customer, customers::TaxExempt::parse(value))
         .await
         .map_err(|e| stripe_failed(&e))
 }

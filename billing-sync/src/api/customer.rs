@@ -397,18 +397,3 @@ pub async fn list_transfers(caller: Caller, AxState(state): AxState<State>) -> A
         .collect();
     Ok(axum::Json(json!({"data": data})).into_response())
 }
-
-/// `GET /v1/invoices`: served with the Stripe integration.
-pub async fn invoices(_: Caller) -> ApiError {
-    ApiError::NotImplemented("invoices")
-}
-
-/// `POST /v1/checkout`: served with the Stripe integration.
-pub async fn checkout(_: Caller) -> ApiError {
-    ApiError::NotImplemented("checkout")
-}
-
-/// `POST /v1/portal`: served with the Stripe integration.
-pub async fn portal(_: Caller) -> ApiError {
-    ApiError::NotImplemented("the customer portal")
-}

@@ -2,23 +2,27 @@
 //! their ids are kept on our side; email and address live in Stripe.
 
 use std::collections::HashMap;
+
 use stripe::StripeError;
 use stripe_core::customer::{CreateCustomer, UpdateCustomer};
-use stripe_shared::CustomerTaxExempt as UpdateCustomerTaxExempt;
+use stripe_shared::CustomerTaxExempt;
 
 use super::{Key, Stripe};
 
-/// Creates the Stripe Customer for our customer `customer_id`; retried or concurrent calls
-/// return the same Customer. Returns its `cus_…` id.
+/// Creates the Stripe Customer for our customer `customer_id`, with its tax status;
+/// retried or concurrent calls return the same Customer. Returns its `cus_…` id.
 pub async fn create(
     stripe: &Stripe,
     customer_id: &str,
     email: Option<&str>,
+    tax_exempt: TaxExempt,
 ) -> Result<String, StripeError> {
-    let mut create = CreateCustomer::new().metadata(HashMap::from([(
-        "creditgate_customer".to_owned(),
-        customer_id.to_owned(),
-    )]));
+    let mut create = CreateCustomer::new()
+        .metadata(HashMap::from([(
+            "creditgate_customer".to_owned(),
+            customer_id.to_owned(),
+        )]))
+        .tax_exempt(tax_exempt.to_stripe());
     if let Some(email) = email {
         create = create.email(email);
     }
@@ -40,12 +44,20 @@ pub enum TaxExempt {
 }
 
 impl TaxExempt {
-    /// The name in JSON and Stripe.
-    pub fn as_str(self) -> &'static str {
+    /// Reads the stored name; anything unknown is `none`.
+    pub fn parse(value: &str) -> TaxExempt {
+        match value {
+            "exempt" => TaxExempt::Exempt,
+            "reverse" => TaxExempt::Reverse,
+            _ => TaxExempt::None,
+        }
+    }
+
+    fn to_stripe(self) -> CustomerTaxExempt {
         match self {
-            TaxExempt::None => "none",
-            TaxExempt::Exempt => "exempt",
-            TaxExempt::Reverse => "reverse",
+            TaxExempt::None => CustomerTaxExempt::None,
+            TaxExempt::Exempt => CustomerTaxExempt::Exempt,
+            TaxExempt::Reverse => CustomerTaxExempt::Reverse,
         }
     }
 }
@@ -56,14 +68,9 @@ pub async fn set_tax_exempt(
     stripe_customer: &str,
     value: TaxExempt,
 ) -> Result<(), StripeError> {
-    let value = match value {
-        TaxExempt::None => UpdateCustomerTaxExempt::None,
-        TaxExempt::Exempt => UpdateCustomerTaxExempt::Exempt,
-        TaxExempt::Reverse => UpdateCustomerTaxExempt::Reverse,
-    };
     stripe
         .call(
-            &UpdateCustomer::new(stripe_customer).tax_exempt(value),
+            &UpdateCustomer::new(stripe_customer).tax_exempt(value.to_stripe()),
             Key::Fresh,
         )
         .await?;

@@ -25,6 +25,7 @@ pub async fn drop_overdue(state: &State, now: DateTime<Utc>) -> Result<usize, Pr
     .await?;
     let mut dropped = 0;
     for (id,) in due {
+        let projection = state.projection.read().await;
         let mut tx = state.db.begin().await?;
         ledger::lock_customers(&mut tx, std::slice::from_ref(&id)).await?;
         let Some(customer) = ledger::customer(&mut *tx, &id).await? else {
@@ -60,7 +61,9 @@ pub async fn drop_overdue(state: &State, now: DateTime<Utc>) -> Result<usize, Pr
         )
         .await?;
         tx.commit().await?;
-        effects.apply(state).await?;
+        effects.write_projection(state).await?;
+        drop(projection);
+        effects.expire(state).await?;
         dropped += 1;
     }
     Ok(dropped)

@@ -164,10 +164,15 @@ pub async fn process(state: &State, event_id: &str) -> Result<bool, ProcessError
             .map(|p| p["data"]["object"].clone())
             .unwrap_or(Value::Null),
     };
+    // Held from before the handler's commit until Redis has its effects (see
+    // `State::projection`); released before the expiry sweep, which takes it itself.
+    let projection = state.projection.read().await;
     let applied = dispatch(state, &event).await;
     match applied {
         Ok(Some(effects)) => {
-            effects.apply(state).await?;
+            effects.write_projection(state).await?;
+            drop(projection);
+            effects.expire(state).await?;
             Ok(true)
         }
         Ok(None) => Ok(false),

@@ -39,28 +39,34 @@ impl Effects {
         }
     }
 
-    /// Writes the effects to Redis. Increments, never overwrites, so concurrent debits by
-    /// the proxy are kept; the reconciler repairs anything this misses.
-    pub async fn apply(&self, state: &State) -> Result<(), ProcessError> {
+    /// Writes the plan and added credits to Redis. Increments, never overwrites, so
+    /// concurrent debits by the proxy are kept. The caller holds `State::projection` (read)
+    /// from before its Postgres commit until this returns, so a rebuild never counts the
+    /// change twice.
+    pub async fn write_projection(&self, state: &State) -> Result<(), ProcessError> {
         let Some(customer) = &self.customer else {
             return Ok(());
         };
-        {
-            let _shared = state.projection.read().await;
-            if let Some(plan) = &self.plan {
-                state.store.set_plan(customer, plan).await?;
-            }
-            if self.nt != 0 || self.tr != 0 {
-                state
-                    .store
-                    .add_credits(
-                        customer,
-                        Millicredits::new(self.nt),
-                        Millicredits::new(self.tr),
-                    )
-                    .await?;
-            }
+        if let Some(plan) = &self.plan {
+            state.store.set_plan(customer, plan).await?;
         }
+        if self.nt != 0 || self.tr != 0 {
+            state
+                .store
+                .add_credits(
+                    customer,
+                    Millicredits::new(self.nt),
+                    Millicredits::new(self.tr),
+                )
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Takes the buckets set to expire out of Redis and writes their expiry entries
+    /// ([`crate::reconcile::expire_due`], which takes the projection lock itself: call it
+    /// after releasing yours).
+    pub async fn expire(&self, state: &State) -> Result<(), ProcessError> {
         if let Some(at) = self.expire_at {
             crate::reconcile::expire_due(state, at.max(Utc::now()))
                 .await
