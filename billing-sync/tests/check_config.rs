@@ -52,3 +52,22 @@ fn every_problem_is_printed_with_file_line_and_column() {
         );
     }
 }
+
+#[test]
+fn stripe_sync_refuses_a_live_key_outside_production() {
+    let bin = env!("CARGO_BIN_EXE_billing-sync");
+    let config = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../deploy/creditgate.example.yaml"
+    );
+    let out = std::process::Command::new(bin)
+        .args(["stripe-sync", "--config", config])
+        .env("STRIPE_SECRET_KEY", format!("sk_{}_{}", "live", "fake-key"))
+        .env_remove("CREDITGATE_ENV")
+        .output()
+        .expect("runs");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("CREDITGATE_ENV=production"), "{stderr}");
+    assert!(!stderr.contains("fake-key"), "the key is never printed");
+}

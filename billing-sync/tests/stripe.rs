@@ -631,3 +631,48 @@ async fn a_mid_period_upgrade_grants_the_prorated_difference_once(db: PgPool) {
     );
     assert_eq!(w.h.ledger_balances(&c).await, (0, tr));
 }
+
+#[sqlx::test]
+async fn the_catalog_sync_is_idempotent_and_a_changed_price_moves_the_lookup_key(db: PgPool) {
+    let w = World::start(db, false).await;
+    let stripe = w.h.state.stripe.clone().expect("configured");
+    let again = billing_sync::stripe::catalog::sync(&stripe, &w.h.state.policy)
+        .await
+        .expect("sync");
+    assert!(
+        again.products_created.is_empty() && again.prices_created.is_empty(),
+        "{again:?}"
+    );
+    assert_eq!(
+        again.prices.len(),
+        5,
+        "mid and high × monthly and yearly, and the pack"
+    );
+
+    let text = include_str!("../../deploy/creditgate.example.yaml")
+        .replace("monthly: \"20.00\"", "monthly: \"25.00\"");
+    let changed = shared::Policy::parse(&text, "changed.yaml").expect("valid");
+    let report = billing_sync::stripe::catalog::sync(&stripe, &changed)
+        .await
+        .expect("sync");
+    assert_eq!(
+        report.prices_created,
+        vec!["creditgate_plan_mid_monthly".to_owned()]
+    );
+    let price = billing_sync::stripe::catalog::find_price(&stripe, "creditgate_plan_mid_monthly")
+        .await
+        .expect("stripe answers")
+        .expect("the lookup key moved to the new price");
+    assert_eq!(price.unit_amount, Some(2500));
+    assert_ne!(
+        price.id.as_str(),
+        again.prices["creditgate_plan_mid_monthly"]
+    );
+    let creates = w
+        .standin
+        .requests()
+        .iter()
+        .filter(|r| r.method == "POST" && r.path == "/v1/prices")
+        .count();
+    assert_eq!(creates, 6, "five at start, one for the changed price");
+}
