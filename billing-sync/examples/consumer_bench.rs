@@ -55,7 +55,7 @@ async fn main() {
         let mut tx = db.begin().await.expect("tx");
         let (c, _, (nt, tr)) = billing_sync::ledger::create_customer(
             &mut tx,
-            &state.policy,
+            &state.policy(),
             &format!("bench-{i}"),
             "b@example.com",
             chrono::Utc::now(),

@@ -15,6 +15,7 @@
 //!   webhook signatures.
 //! - [`webhook`]: `POST /webhooks/stripe`: verify, store, apply once; one file per event
 //!   family; the grace period after failed payments.
+//! - [`reload`]: the policy, reloaded on SIGHUP and when its file changes.
 //! - [`ops`]: `/metrics`, `/healthz`, `/readyz` on `sync.admin_listen`.
 
 pub mod api;
@@ -24,11 +25,14 @@ pub mod db;
 pub mod ledger;
 pub mod ops;
 pub mod reconcile;
+pub mod reload;
 pub mod stripe;
 pub mod webhook;
 pub mod worker;
 
 use std::sync::Arc;
+
+use arc_swap::ArcSwap;
 
 use shared::Policy;
 use shared::redis::Store;
@@ -42,8 +46,9 @@ pub struct State {
     pub db: PgPool,
     /// Redis: the projection.
     pub store: Store,
-    /// The operator's policy.
-    pub policy: Arc<Policy>,
+    /// The operator's policy, replaced whole on reload (SIGHUP or a change of the file); read
+    /// it with [`State::policy`].
+    policy: Arc<ArcSwap<Policy>>,
     /// The admin bearer token; `None` refuses every admin request.
     pub admin_token: Option<Arc<str>>,
     /// Writers of the projection take it shared; a rebuild takes it exclusive, so no
@@ -63,13 +68,23 @@ impl State {
         State {
             db,
             store,
-            policy: Arc::new(policy),
+            policy: Arc::new(ArcSwap::from_pointee(policy)),
             admin_token: admin_token.map(Arc::from),
             projection: Arc::new(RwLock::new(())),
             stripe: None,
             webhook_secrets: Arc::from(Vec::new()),
             portal_configuration: Arc::new(std::sync::OnceLock::new()),
         }
+    }
+
+    /// The policy in force now (a snapshot: hold it for one request or one pass).
+    pub fn policy(&self) -> Arc<Policy> {
+        self.policy.load_full()
+    }
+
+    /// Puts a new, validated policy in force.
+    pub fn replace_policy(&self, policy: Policy) {
+        self.policy.store(Arc::new(policy));
     }
 
     /// Adds Stripe and the webhook secrets (comma-separated, as `STRIPE_WEBHOOK_SECRET`).

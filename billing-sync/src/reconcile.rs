@@ -265,7 +265,7 @@ pub async fn roll_over_periods(state: &State, now: DateTime<Utc>) -> Result<usiz
             start = end;
             end = ledger::period_end_after(start);
         }
-        let granted = match state.policy.plans.get(&customer.plan) {
+        let granted = match state.policy().plans.get(&customer.plan) {
             Some(plan) => ledger::allocate_allowance(&mut tx, &id, plan, start, end).await?,
             None => (0, 0),
         };

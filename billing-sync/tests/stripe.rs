@@ -56,12 +56,12 @@ impl World {
         }
         let stripe = h.state.stripe.clone().expect("configured");
         // What `serve` does at start: the catalog, then the portal configuration.
-        let report = billing_sync::stripe::catalog::sync(&stripe, &h.state.policy)
+        let report = billing_sync::stripe::catalog::sync(&stripe, &h.state.policy())
             .await
             .expect("catalog syncs");
         billing_sync::stripe::portal::ensure_configuration(
             &stripe,
-            &h.state.policy,
+            &h.state.policy(),
             &report.prices,
         )
         .await
@@ -388,7 +388,7 @@ async fn a_failed_payment_makes_the_customer_past_due_then_free_after_the_grace_
     );
 
     let later = Utc::now()
-        + chrono::Duration::days(i64::from(w.h.state.policy.stripe.past_due_grace_days) + 1);
+        + chrono::Duration::days(i64::from(w.h.state.policy().stripe.past_due_grace_days) + 1);
     assert_eq!(
         billing_sync::webhook::grace::drop_overdue(&w.h.state, later)
             .await
@@ -636,7 +636,7 @@ async fn a_mid_period_upgrade_grants_the_prorated_difference_once(db: PgPool) {
 async fn the_catalog_sync_is_idempotent_and_a_changed_price_moves_the_lookup_key(db: PgPool) {
     let w = World::start(db, false).await;
     let stripe = w.h.state.stripe.clone().expect("configured");
-    let again = billing_sync::stripe::catalog::sync(&stripe, &w.h.state.policy)
+    let again = billing_sync::stripe::catalog::sync(&stripe, &w.h.state.policy())
         .await
         .expect("sync");
     assert!(

@@ -115,7 +115,7 @@ pub async fn create_customer(
     let _shared = state.projection.read().await;
     let mut tx = state.db.begin().await?;
     let (customer, created, (nt, tr)) =
-        ledger::create_customer(&mut tx, &state.policy, external_id, email, Utc::now()).await?;
+        ledger::create_customer(&mut tx, &state.policy(), external_id, email, Utc::now()).await?;
     let view = short_view(&customer);
     if created {
         ledger::audit(

@@ -78,7 +78,7 @@ pub async fn checkout(
     headers: HeaderMap,
     ApiJson { value: body, .. }: ApiJson<CheckoutBody>,
 ) -> ApiResult<Response> {
-    let policy = &state.policy;
+    let policy = state.policy();
     let purchase = match (body.plan, body.interval, body.credit_pack) {
         (Some(plan), interval, None) => {
             let interval = match interval.as_deref().unwrap_or("monthly") {
@@ -151,7 +151,7 @@ pub async fn checkout(
         .filter(|k| !k.is_empty() && k.len() <= 200)
         .map(str::to_owned)
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-    let url = checkout::create(stripe, policy, customer, &stripe_customer, &purchase, &key).await.map_err(|e| match e {
+    let url = checkout::create(stripe, &policy, customer, &stripe_customer, &purchase, &key).await.map_err(|e| match e {
         CheckoutError::PriceMissing(key) => ApiError::Unavailable(format!(
             "the price {key} is not in Stripe yet; the operator must run billing-sync stripe-sync"
         )),
@@ -165,7 +165,7 @@ pub async fn portal(caller: Caller, AxState(state): AxState<State>) -> ApiResult
     let stripe = stripe_of(&state)?;
     let stripe_customer = stripe_customer(&state, stripe, caller.customer.as_str()).await?;
     let configuration = state.portal_configuration.get().map(String::as_str);
-    let url = portal::session(stripe, &state.policy, configuration, &stripe_customer)
+    let url = portal::session(stripe, &state.policy(), configuration, &stripe_customer)
         .await
         .map_err(|e| stripe_failed(&e))?;
     Ok(axum::Json(json!({ "url": url })).into_response())

@@ -168,13 +168,13 @@ pub async fn usage(
             requests += n;
             credits += c;
             let c = Millicredits::new(c);
-            json!({"key": key, "requests": n, "credits": c, "cost": cost_of(&state.policy, &caller.plan, c)})
+            json!({"key": key, "requests": n, "credits": c, "cost": cost_of(&state.policy(), &caller.plan, c)})
         })
         .collect();
     let total = Millicredits::new(credits);
     Ok(axum::Json(json!({
         "from": from, "to": to, "group_by": group_by, "groups": groups,
-        "total": {"requests": requests, "credits": total, "cost": cost_of(&state.policy, &caller.plan, total)},
+        "total": {"requests": requests, "credits": total, "cost": cost_of(&state.policy(), &caller.plan, total)},
     }))
     .into_response())
 }
@@ -225,7 +225,8 @@ pub async fn create_transfer(
         return Ok(replay);
     }
     let result: ApiResult<Response> = async {
-    let rules = &state.policy.transfers;
+    let policy = state.policy();
+    let rules = &policy.transfers;
     if !rules.enabled {
         return Err(ApiError::Forbidden {
             code: "transfers_disabled",

@@ -90,6 +90,11 @@ pub async fn run(path: &Path) -> ExitCode {
         WorkerOptions::default(),
         stop_rx.clone(),
     ));
+    let reloads = tokio::spawn(billing_sync::reload::run(
+        state.clone(),
+        path.to_path_buf(),
+        stop_rx.clone(),
+    ));
     let stripe_tasks = tokio::spawn(billing_sync::webhook::run_background(
         state.clone(),
         stop_rx.clone(),
@@ -133,6 +138,7 @@ pub async fn run(path: &Path) -> ExitCode {
     // The worker finishes the batch in hand (commit, then ack) before it returns.
     let _ = tokio::time::timeout(SHUTDOWN_GRACE, worker).await;
     let _ = tokio::time::timeout(SHUTDOWN_GRACE, stripe_tasks).await;
+    reloads.abort();
     tracing::info!("stopped");
     ExitCode::SUCCESS
 }

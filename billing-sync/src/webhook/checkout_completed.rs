@@ -59,8 +59,7 @@ pub async fn handle(state: &State, event: &Event) -> Result<Option<Effects>, Pro
                 .and_then(|c| Millicredits::parse_amount(&c).ok())
                 .or_else(|| {
                     pack.as_ref()
-                        .and_then(|p| state.policy.credit_packs.get(p))
-                        .map(|p| p.credits)
+                        .and_then(|p| state.policy().credit_packs.get(p).map(|pack| pack.credits))
                 });
             match credits {
                 Some(credits) if credits.get() > 0 => {

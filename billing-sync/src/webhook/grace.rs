@@ -13,13 +13,13 @@ const GRACE_BATCH_LEN_MAX: i64 = 100;
 
 /// Drops every customer whose grace period is over; returns how many.
 pub async fn drop_overdue(state: &State, now: DateTime<Utc>) -> Result<usize, ProcessError> {
-    let cutoff = now - Duration::days(i64::from(state.policy.stripe.past_due_grace_days));
+    let cutoff = now - Duration::days(i64::from(state.policy().stripe.past_due_grace_days));
     let due: Vec<(String,)> = sqlx::query_as(
         "SELECT id FROM customers WHERE status = 'past_due' AND past_due_since <= $1 AND plan <> $2
          ORDER BY past_due_since LIMIT $3",
     )
     .bind(cutoff)
-    .bind(&state.policy.default_plan)
+    .bind(&state.policy().default_plan)
     .bind(GRACE_BATCH_LEN_MAX)
     .fetch_all(&state.db)
     .await?;
@@ -31,7 +31,7 @@ pub async fn drop_overdue(state: &State, now: DateTime<Utc>) -> Result<usize, Pr
         let Some(customer) = ledger::customer(&mut *tx, &id).await? else {
             continue;
         };
-        if customer.status != "past_due" || customer.plan == state.policy.default_plan {
+        if customer.status != "past_due" || customer.plan == state.policy().default_plan {
             continue;
         }
         let mut effects = Effects::on(&id);
@@ -39,7 +39,7 @@ pub async fn drop_overdue(state: &State, now: DateTime<Utc>) -> Result<usize, Pr
             &mut tx,
             state,
             &customer,
-            &state.policy.default_plan,
+            &state.policy().default_plan,
             true,
             now,
             &mut effects,

@@ -74,9 +74,8 @@ pub async fn paid(state: &State, event: &Event) -> Result<Option<Effects>, Proce
             .fetch_optional(&mut *tx)
             .await?;
     let allowance_plan = allowance_plan.and_then(|(p,)| p);
-    let held = allowance_plan
-        .as_deref()
-        .and_then(|p| state.policy.plans.get(p));
+    let policy = state.policy();
+    let held = allowance_plan.as_deref().and_then(|p| policy.plans.get(p));
     let held_is_paid = held.is_some_and(|p| p.is_paid());
     let period_start = paid_period_start(invoice, event);
 
@@ -85,7 +84,7 @@ pub async fn paid(state: &State, event: &Event) -> Result<Option<Effects>, Proce
         && allowance_plan.as_deref() != Some(&plan_name)
     {
         // Mid-period upgrade: the difference, prorated to the time left in the period.
-        if let (Some(old), Some(new)) = (held, state.policy.plans.get(&plan_name)) {
+        if let (Some(old), Some(new)) = (held, policy.plans.get(&plan_name)) {
             let diff = new.credits_per_month.get() - old.credits_per_month.get();
             let total = (customer.period_end - customer.period_start)
                 .num_seconds()
@@ -202,7 +201,7 @@ pub async fn payment_failed(state: &State, event: &Event) -> Result<Option<Effec
     )
     .bind(&customer.id)
     .bind(now)
-    .bind(&state.policy.default_plan)
+    .bind(&state.policy().default_plan)
     .execute(&mut *tx)
     .await?;
     ledger::audit(
@@ -211,7 +210,7 @@ pub async fn payment_failed(state: &State, event: &Event) -> Result<Option<Effec
         "payment.failed",
         Some(&customer.id),
         None,
-        Some(serde_json::json!({"invoice": event.object["id"], "grace_days": state.policy.stripe.past_due_grace_days})),
+        Some(serde_json::json!({"invoice": event.object["id"], "grace_days": state.policy().stripe.past_due_grace_days})),
     )
     .await?;
     // The notice to the customer (the notifications issue sends it); logged for now.

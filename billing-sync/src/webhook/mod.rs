@@ -296,11 +296,11 @@ pub async fn run_background(state: State, mut stop: tokio::sync::watch::Receiver
             _ = stop.changed() => return,
         }
         if !catalog_synced && let Some(stripe) = &state.stripe {
-            match crate::stripe::catalog::sync(stripe, &state.policy).await {
+            match crate::stripe::catalog::sync(stripe, &state.policy()).await {
                 Ok(report) => {
                     match crate::stripe::portal::ensure_configuration(
                         stripe,
-                        &state.policy,
+                        &state.policy(),
                         &report.prices,
                     )
                     .await

@@ -140,7 +140,7 @@ pub async fn start_period(
         .bind(plan)
         .execute(&mut **tx)
         .await?;
-    if let Some(plan) = state.policy.plans.get(plan) {
+    if let Some(plan) = state.policy().plans.get(plan) {
         let (nt, tr) = ledger::allocate_allowance(tx, customer, plan, start, end).await?;
         effects.nt += nt;
         effects.tr += tr;

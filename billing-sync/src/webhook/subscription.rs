@@ -209,7 +209,7 @@ pub async fn apply(
     .execute(&mut **tx)
     .await?;
 
-    let policy = &state.policy;
+    let policy = state.policy();
     let target = if sub.has_ended() {
         Some(policy.default_plan.clone())
     } else if sub.is_active() || sub.is_past_due() {
