@@ -1,6 +1,8 @@
 //! billing-sync reloads its policy on SIGHUP and when the file changes; a bad file keeps
 //! the last good policy and the process running.
 
+mod common;
+
 use std::time::{Duration, Instant};
 
 use creditgate_e2e::free_port;
@@ -13,16 +15,7 @@ const ADMIN: &str = "reload-admin-token";
 
 #[sqlx::test]
 async fn sighup_and_file_changes_reload_and_a_bad_file_keeps_the_last_good_policy(db: PgPool) {
-    let base = std::env::var("DATABASE_URL").expect("DATABASE_URL is set");
-    let name = db
-        .connect_options()
-        .get_database()
-        .expect("a test database")
-        .to_owned();
-    let db_url = format!(
-        "{}/{name}",
-        base.rsplit_once('/').expect("a database path").0
-    );
+    let db_url = common::database_url_of(&db);
     let redis = RedisServer::start();
     let (port, admin_port) = (free_port(), free_port());
     let policy = |free_credits: u32| {

@@ -31,16 +31,7 @@ fn serve(config: &str, db_url: &str, redis_url: &str) -> Proc {
 
 #[sqlx::test]
 async fn killing_billing_sync_mid_stream_loses_and_doubles_nothing(db: PgPool) {
-    let base = std::env::var("DATABASE_URL").expect("DATABASE_URL is set");
-    let name = db
-        .connect_options()
-        .get_database()
-        .expect("a test database")
-        .to_owned();
-    let db_url = match base.rsplit_once('/') {
-        Some((prefix, _)) => format!("{prefix}/{name}"),
-        None => panic!("DATABASE_URL has a database path"),
-    };
+    let db_url = common::database_url_of(&db);
     let h = Harness::start(db.clone()).await;
     let mut customers = Vec::new();
     for i in 0..5 {

@@ -5,6 +5,8 @@
 //!
 //! Needs the binaries built (`cargo build --workspace --bins`, as scripts/test does).
 
+mod common;
+
 use std::time::{Duration, Instant};
 
 use creditgate_e2e::free_port;
@@ -19,16 +21,7 @@ const WEBHOOK_SECRET: &str = "whsec_test_e2e_secret_not_real";
 
 #[sqlx::test]
 async fn free_customer_runs_out_upgrades_through_checkout_and_gets_more(db: PgPool) {
-    let base = std::env::var("DATABASE_URL").expect("DATABASE_URL is set");
-    let name = db
-        .connect_options()
-        .get_database()
-        .expect("a test database")
-        .to_owned();
-    let db_url = match base.rsplit_once('/') {
-        Some((prefix, _)) => format!("{prefix}/{name}"),
-        None => panic!("DATABASE_URL has a database path"),
-    };
+    let db_url = common::database_url_of(&db);
     let redis = RedisServer::start();
     let upstream = Upstream::start().await;
     let (proxy_port, proxy_admin, sync_port, sync_admin, standin_port) = (

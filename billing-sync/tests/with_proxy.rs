@@ -4,6 +4,8 @@
 //!
 //! Needs `creditgate-proxy` built (`cargo build --workspace --bins`, as scripts/test does).
 
+mod common;
+
 use std::time::{Duration, Instant};
 
 use creditgate_e2e::free_port;
@@ -18,16 +20,7 @@ const ADMIN: &str = "e2e-admin-token";
 
 #[sqlx::test]
 async fn spend_through_the_proxy_then_read_usage_transfer_and_revoke(db: PgPool) {
-    let base = std::env::var("DATABASE_URL").expect("DATABASE_URL is set");
-    let name = db
-        .connect_options()
-        .get_database()
-        .expect("a test database")
-        .to_owned();
-    let db_url = match base.rsplit_once('/') {
-        Some((prefix, _)) => format!("{prefix}/{name}"),
-        None => panic!("DATABASE_URL has a database path"),
-    };
+    let db_url = common::database_url_of(&db);
     let redis = RedisServer::start();
     let upstream = Upstream::start().await;
     let (proxy_port, proxy_admin, sync_port, sync_admin) =

@@ -222,3 +222,18 @@ pub fn mc(credits: &str) -> Millicredits {
 pub fn bearer(key: &str) -> (&'static str, String) {
     ("authorization", format!("Bearer {key}"))
 }
+
+/// The URL of `db` (a `#[sqlx::test]` database) for a process started by the test: the
+/// test's `DATABASE_URL` with the database name replaced.
+pub fn database_url_of(db: &PgPool) -> String {
+    let base = std::env::var("DATABASE_URL").expect("DATABASE_URL is set");
+    let name = db
+        .connect_options()
+        .get_database()
+        .expect("a test database")
+        .to_owned();
+    match base.rsplit_once('/') {
+        Some((prefix, _)) => format!("{prefix}/{name}"),
+        None => panic!("DATABASE_URL has a database path"),
+    }
+}
