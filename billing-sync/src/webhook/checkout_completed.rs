@@ -45,7 +45,7 @@ pub async fn handle(state: &State, event: &Event) -> Result<Option<Effects>, Pro
         sqlx::query("UPDATE customers SET stripe_customer_id = $2 WHERE id = $1 AND stripe_customer_id IS NULL")
             .bind(&customer.id)
             .bind(stripe_customer)
-            .execute(&mut *tx)
+            .execute(&mut **tx)
             .await?;
     }
     match sub {
@@ -76,7 +76,7 @@ pub async fn handle(state: &State, event: &Event) -> Result<Option<Effects>, Pro
         }
         None => {}
     }
-    finish(tx, &event.id).await?;
+    effects.projection = Some(finish(tx, &event.id).await?);
     Ok(Some(effects))
 }
 

@@ -61,17 +61,17 @@ pub async fn paid(state: &State, event: &Event) -> Result<Option<Effects>, Proce
     subscription::apply(&mut tx, state, &customer, &sub, now, &mut effects).await?;
     let Some(plan_name) = sub.plan.clone().filter(|_| sub.is_active()) else {
         // Paid, but the subscription is over (or unknown to the policy): nothing to grant.
-        finish(tx, &event.id).await?;
+        effects.projection = Some(finish(tx, &event.id).await?);
         return Ok(Some(effects));
     };
-    let Some(customer) = ledger::customer(&mut *tx, &customer.id).await? else {
-        finish(tx, &event.id).await?;
+    let Some(customer) = ledger::customer(&mut **tx, &customer.id).await? else {
+        effects.projection = Some(finish(tx, &event.id).await?);
         return Ok(Some(effects));
     };
     let allowance_plan: Option<(Option<String>,)> =
         sqlx::query_as("SELECT allowance_plan FROM customers WHERE id = $1")
             .bind(&customer.id)
-            .fetch_optional(&mut *tx)
+            .fetch_optional(&mut **tx)
             .await?;
     let allowance_plan = allowance_plan.and_then(|(p,)| p);
     let policy = state.policy();
@@ -103,7 +103,7 @@ pub async fn paid(state: &State, event: &Event) -> Result<Option<Effects>, Proce
                 let seen: Option<(Uuid,)> =
                     sqlx::query_as("SELECT id FROM ledger_txns WHERE idempotency_key = $1")
                         .bind(format!("grant:{}:invoice:{invoice_id}", customer.id))
-                        .fetch_optional(&mut *tx)
+                        .fetch_optional(&mut **tx)
                         .await?;
                 if seen.is_none() {
                     ledger::grant(
@@ -122,7 +122,7 @@ pub async fn paid(state: &State, event: &Event) -> Result<Option<Effects>, Proce
         sqlx::query("UPDATE customers SET allowance_plan = $2 WHERE id = $1")
             .bind(&customer.id)
             .bind(&plan_name)
-            .execute(&mut *tx)
+            .execute(&mut **tx)
             .await?;
     } else if !held_is_paid || period_start >= customer.period_end - chrono::Duration::days(1) {
         // A new subscription, or a renewal ahead of the reconciler's rollover: a new period
@@ -163,7 +163,7 @@ pub async fn paid(state: &State, event: &Event) -> Result<Option<Effects>, Proce
         Some(serde_json::json!({"invoice": invoice_id, "plan": plan_name, "billing_reason": invoice["billing_reason"]})),
     )
     .await?;
-    finish(tx, &event.id).await?;
+    effects.projection = Some(finish(tx, &event.id).await?);
     Ok(Some(effects))
 }
 
@@ -202,7 +202,7 @@ pub async fn payment_failed(state: &State, event: &Event) -> Result<Option<Effec
     .bind(&customer.id)
     .bind(now)
     .bind(&state.policy().default_plan)
-    .execute(&mut *tx)
+    .execute(&mut **tx)
     .await?;
     ledger::audit(
         &mut tx,
@@ -215,7 +215,7 @@ pub async fn payment_failed(state: &State, event: &Event) -> Result<Option<Effec
     .await?;
     // The notice to the customer (the notifications issue sends it); logged for now.
     tracing::warn!(customer_id = %customer.id, invoice = %event.object["id"], "payment failed; customer is past due");
-    finish(tx, &event.id).await?;
+    effects.projection = Some(finish(tx, &event.id).await?);
     Ok(Some(effects))
 }
 

@@ -20,6 +20,7 @@ use axum::response::{IntoResponse, Response};
 use chrono::Utc;
 use serde_json::{Value, json};
 use sqlx::{Postgres, Transaction};
+use tokio::sync::OwnedRwLockReadGuard;
 
 use crate::State;
 use crate::stripe::signature::{self, VerifiedEvent};
@@ -164,14 +165,13 @@ pub async fn process(state: &State, event_id: &str) -> Result<bool, ProcessError
             .map(|p| p["data"]["object"].clone())
             .unwrap_or(Value::Null),
     };
-    // Held from before the handler's commit until Redis has its effects (see
-    // `State::projection`); released before the expiry sweep, which takes it itself.
-    let projection = state.projection.read().await;
     let applied = dispatch(state, &event).await;
     match applied {
-        Ok(Some(effects)) => {
+        Ok(Some(mut effects)) => {
+            // The handler's projection lock is held until Redis has the effects, then
+            // released before the expiry sweep, which takes it itself.
             effects.write_projection(state).await?;
-            drop(projection);
+            drop(effects.projection.take());
             effects.expire(state).await?;
             Ok(true)
         }
@@ -213,12 +213,32 @@ async fn dispatch(state: &State, event: &Event) -> Result<Option<Effects>, Proce
     }
 }
 
+/// The transaction applying one event, with the projection lock (read) taken before it
+/// opened: held from before the commit until Redis has the effects, so a rebuild never
+/// counts a change twice. Taken only after the handler's Stripe reads, so a slow Stripe
+/// never holds a rebuild up. Derefs to the transaction.
+pub struct Applying {
+    tx: Transaction<'static, Postgres>,
+    projection: OwnedRwLockReadGuard<()>,
+}
+
+impl std::ops::Deref for Applying {
+    type Target = Transaction<'static, Postgres>;
+    fn deref(&self) -> &Self::Target {
+        &self.tx
+    }
+}
+
+impl std::ops::DerefMut for Applying {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.tx
+    }
+}
+
 /// Opens the transaction that applies `event_id`, holding its row; `None` if it was
 /// applied meanwhile (a concurrent duplicate delivery).
-pub async fn begin(
-    state: &State,
-    event_id: &str,
-) -> Result<Option<Transaction<'static, Postgres>>, sqlx::Error> {
+pub async fn begin(state: &State, event_id: &str) -> Result<Option<Applying>, sqlx::Error> {
+    let projection = state.projection.clone().read_owned().await;
     let mut tx = state.db.begin().await?;
     let status: Option<(String,)> =
         sqlx::query_as("SELECT status FROM stripe_events WHERE event_id = $1 FOR UPDATE")
@@ -226,16 +246,18 @@ pub async fn begin(
             .fetch_optional(&mut *tx)
             .await?;
     match status {
-        Some((s,)) if s != "processed" => Ok(Some(tx)),
+        Some((s,)) if s != "processed" => Ok(Some(Applying { tx, projection })),
         _ => Ok(None),
     }
 }
 
-/// Marks `event_id` processed and commits everything the handler wrote with it.
+/// Marks `event_id` processed and commits everything the handler wrote with it; returns
+/// the projection lock, to keep until the effects are in Redis.
 pub async fn finish(
-    mut tx: Transaction<'static, Postgres>,
+    applying: Applying,
     event_id: &str,
-) -> Result<(), sqlx::Error> {
+) -> Result<OwnedRwLockReadGuard<()>, sqlx::Error> {
+    let Applying { mut tx, projection } = applying;
     sqlx::query(
         "UPDATE stripe_events SET status = 'processed', processed_at = now(), attempts = attempts + 1, last_error = NULL
          WHERE event_id = $1",
@@ -243,7 +265,8 @@ pub async fn finish(
     .bind(event_id)
     .execute(&mut *tx)
     .await?;
-    tx.commit().await
+    tx.commit().await?;
+    Ok(projection)
 }
 
 /// Applies stored events that are not processed yet (oldest first), skipping ones that

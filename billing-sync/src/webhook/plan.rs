@@ -23,6 +23,8 @@ pub struct Effects {
     /// When buckets were set to expire, if they were ([`crate::reconcile::expire_due`] as of
     /// then takes them out of Redis and writes the expiry entries).
     pub expire_at: Option<DateTime<Utc>>,
+    /// The projection lock the handler took, held until [`Effects::write_projection`].
+    pub projection: Option<tokio::sync::OwnedRwLockReadGuard<()>>,
 }
 
 impl Effects {

@@ -157,7 +157,7 @@ pub async fn handle(state: &State, event: &Event) -> Result<Option<Effects>, Pro
     };
     let mut effects = Effects::on(&customer.id);
     apply(&mut tx, state, &customer, &sub, Utc::now(), &mut effects).await?;
-    finish(tx, &event.id).await?;
+    effects.projection = Some(finish(tx, &event.id).await?);
     Ok(Some(effects))
 }
 
