@@ -60,6 +60,16 @@ async fn stripe_customer(state: &State, stripe: &Stripe, customer: &str) -> ApiR
     Ok(linked.0)
 }
 
+/// The customer's Stripe Customer id, if one was made.
+async fn linked_stripe_customer(state: &State, customer: &str) -> ApiResult<Option<String>> {
+    let linked: Option<(Option<String>,)> =
+        sqlx::query_as("SELECT stripe_customer_id FROM customers WHERE id = $1")
+            .bind(customer)
+            .fetch_optional(&state.db)
+            .await?;
+    Ok(linked.and_then(|(id,)| id))
+}
+
 /// `POST /v1/checkout` body: a plan and interval, or a credit pack.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -173,12 +183,8 @@ pub async fn portal(caller: Caller, AxState(state): AxState<State>) -> ApiResult
 
 /// `GET /v1/invoices` → `{"data":[…]}`, newest first, from Stripe.
 pub async fn list_invoices(caller: Caller, AxState(state): AxState<State>) -> ApiResult<Response> {
-    let linked: Option<(Option<String>,)> =
-        sqlx::query_as("SELECT stripe_customer_id FROM customers WHERE id = $1")
-            .bind(caller.customer.as_str())
-            .fetch_optional(&state.db)
-            .await?;
-    let Some((Some(stripe_customer),)) = linked else {
+    let Some(stripe_customer) = linked_stripe_customer(&state, caller.customer.as_str()).await?
+    else {
         // Never bought anything: no Stripe Customer, no invoices.
         return Ok(axum::Json(json!({ "data": [] })).into_response());
     };
@@ -191,12 +197,8 @@ pub async fn list_invoices(caller: Caller, AxState(state): AxState<State>) -> Ap
 
 /// Pushes a customer's tax status to Stripe (after the admin endpoint recorded it).
 pub async fn push_tax_exempt(state: &State, customer: &str, value: &str) -> ApiResult<()> {
-    let linked: Option<(Option<String>,)> =
-        sqlx::query_as("SELECT stripe_customer_id FROM customers WHERE id = $1")
-            .bind(customer)
-            .fetch_optional(&state.db)
-            .await?;
-    let (Some((Some(stripe_customer),)), Some(stripe)) = (linked, state.stripe.as_ref()) else {
+    let linked = linked_stripe_customer(state, customer).await?;
+    let (Some(stripe_customer), Some(stripe)) = (linked, state.stripe.as_ref()) else {
         // No Stripe Customer yet: it is created with this status when first needed.
         return Ok(());
     };

@@ -148,11 +148,10 @@ pub async fn create(
         session = session.allowed_payment_method_types(methods);
     }
     // Stripe caps keys at 255 characters: the caller's key is hashed into ours.
-    let digest = {
-        use sha2::Digest;
-        hex::encode(sha2::Sha256::digest(idempotency_key.as_bytes()))
-    };
-    let key = format!("cg-checkout-{customer_id}-{digest}");
+    let key = format!(
+        "cg-checkout-{customer_id}-{}",
+        super::sha256_hex(idempotency_key)
+    );
     let created = stripe.call(&session, Key::Stable(&key)).await?;
     created.url.ok_or_else(|| {
         CheckoutError::Stripe(StripeError::JSONDeserialize(

@@ -162,6 +162,13 @@ pub fn short(e: &StripeError) -> String {
     }
 }
 
+/// Hex SHA-256 of `text`, for idempotency keys and fingerprints derived from longer input
+/// (Stripe caps keys at 255 characters).
+pub fn sha256_hex(text: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(text.as_bytes()))
+}
+
 /// Whether Stripe answered 404 (no such object).
 pub fn is_not_found(e: &StripeError) -> bool {
     matches!(e, StripeError::Stripe(_, 404))

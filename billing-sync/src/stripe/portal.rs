@@ -53,10 +53,8 @@ pub async fn ensure_configuration(
         .collect();
     fingerprint.push(policy.stripe.portal_return_url.clone());
     let fingerprint = fingerprint.join(";");
-    let fingerprint = {
-        use sha2::Digest;
-        hex::encode(&sha2::Sha256::digest(fingerprint.as_bytes())[..12])
-    };
+    // The first 12 bytes (24 hex digits) name the configuration in its metadata.
+    let fingerprint = super::sha256_hex(&fingerprint)[..24].to_owned();
 
     match stripe
         .call(
