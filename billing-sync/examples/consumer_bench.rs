@@ -70,8 +70,8 @@ async fn main() {
                 &id,
                 &shared::redis::Account {
                     plan: c.plan,
-                    non_transferable: Millicredits::new(nt),
-                    transferable: Millicredits::new(tr),
+                    non_transferable: nt,
+                    transferable: tr,
                 },
             )
             .await

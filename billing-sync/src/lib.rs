@@ -2,6 +2,7 @@
 //! Redis holds its projection (keys, plans, balances) that the proxy admits against.
 //!
 //! Layout:
+//! - [`clock`]: the one time source (manual in tests).
 //! - [`config`]: the environment (secrets, endpoints) next to the YAML policy.
 //! - [`db`]: the Postgres pool and the migrations built into the binary.
 //! - [`ledger`]: buckets, double-entry ledger transactions, spending order; functions take
@@ -19,6 +20,7 @@
 //! - [`ops`]: `/metrics`, `/healthz`, `/readyz` on `sync.admin_listen`.
 
 pub mod api;
+pub mod clock;
 pub mod config;
 pub mod consumer;
 pub mod db;
@@ -60,6 +62,8 @@ pub struct State {
     pub webhook_secrets: Arc<[String]>,
     /// The Customer Portal configuration made from the policy at start.
     pub portal_configuration: Arc<std::sync::OnceLock<String>>,
+    /// Where the time comes from: [`State::now`] is the only reading of it.
+    pub clock: clock::Clock,
 }
 
 impl State {
@@ -74,7 +78,19 @@ impl State {
             stripe: None,
             webhook_secrets: Arc::from(Vec::new()),
             portal_configuration: Arc::new(std::sync::OnceLock::new()),
+            clock: clock::Clock::system(),
         }
+    }
+
+    /// Uses `clock` for the time (tests move a manual one).
+    pub fn with_clock(mut self, clock: clock::Clock) -> State {
+        self.clock = clock;
+        self
+    }
+
+    /// The time now, from [`State::clock`].
+    pub fn now(&self) -> chrono::DateTime<chrono::Utc> {
+        self.clock.now()
     }
 
     /// The policy in force now (a snapshot: hold it for one request or one pass).

@@ -6,11 +6,12 @@ use chrono::{DateTime, Utc};
 use shared::CustomerId;
 use shared::Millicredits;
 use shared::redis::keys::USAGE_CONSUMER_GROUP;
-use shared::redis::{BalanceField, StoreError, TakeMode, Taken};
+use shared::redis::{Hold, Reconcile, StoreError};
+use uuid::Uuid;
 
 use crate::State;
 use crate::consumer;
-use crate::ledger::{self, Bucket};
+use crate::ledger;
 
 /// Customers read from Postgres per page.
 const PAGE_LEN_MAX: i64 = 500;
@@ -37,6 +38,9 @@ pub struct Drift {
     pub repaired: usize,
     /// Total absolute difference found, in millicredits.
     pub drift_millicredits: i64,
+    /// Accounts left alone because too much of their stream is unread (the consumer is
+    /// behind; they are compared once it catches up).
+    pub lagging: usize,
 }
 
 type AccountRow = (String, String, i64, i64);
@@ -73,7 +77,7 @@ pub async fn sync_accounts(state: &State, set: bool) -> Result<Drift, ReconcileE
             let Ok(customer) = CustomerId::parse(&id) else {
                 continue;
             };
-            let r = state
+            let r = match state
                 .store
                 .reconcile_account(
                     &customer,
@@ -82,7 +86,14 @@ pub async fn sync_accounts(state: &State, set: bool) -> Result<Drift, ReconcileE
                     (Millicredits::new(nt), Millicredits::new(tr)),
                     set,
                 )
-                .await?;
+                .await?
+            {
+                Reconcile::Done(r) => r,
+                Reconcile::Lagging => {
+                    drift.lagging += 1;
+                    continue;
+                }
+            };
             drift.accounts += 1;
             let diff = (r.found.0.get() - r.expected.0.get()).abs()
                 + (r.found.1.get() - r.expected.1.get()).abs();
@@ -141,103 +152,71 @@ pub async fn rebuild(state: &State) -> Result<Drift, ReconcileError> {
     Ok(drift)
 }
 
-/// Expires what is left in buckets whose time has come. Redis first (taking at most what
-/// the field holds, atomically with debits), then the ledger; if the ledger write fails the
-/// credits are given back to Redis.
+/// Holds what is left of every bucket whose time has come, and of every pending take-back,
+/// in Redis, marking the point in the usage stream where it expires. The consumer posts the
+/// expiry when it reads the mark, after every debit before it, so what expires is exactly
+/// what the ledger says is left then ([`crate::ledger::usage`]). Returns the holds written.
 pub async fn expire_due(state: &State, now: DateTime<Utc>) -> Result<usize, ReconcileError> {
-    let due: Vec<Bucket> = sqlx::query_as(
-        "SELECT id, customer_id, kind, amount, remaining, transferable, expires_at, created_at
-         FROM buckets WHERE expires_at <= $1 AND remaining > 0 ORDER BY expires_at LIMIT $2",
+    type Due = (Uuid, String, i64, bool, Option<String>, Option<i64>);
+    let due: Vec<Due> = sqlx::query_as(
+        "SELECT id, customer_id, remaining, transferable, NULL::text, NULL::int8 FROM buckets
+         WHERE expires_at <= $1 AND remaining > 0
+         UNION ALL
+         SELECT id, customer_id, remaining, transferable, take_back_key, take_back_limit FROM buckets
+         WHERE take_back_key IS NOT NULL AND take_back_key IS DISTINCT FROM take_back_done_key
+           AND remaining > 0 AND (expires_at IS NULL OR expires_at > $1)
+         LIMIT $2",
     )
     .bind(now)
     .bind(EXPIRY_BATCH_LEN_MAX)
     .fetch_all(&state.db)
     .await?;
-    let mut expired = 0;
-    for bucket in due {
-        let Ok(customer) = CustomerId::parse(&bucket.customer_id) else {
+    let mut held = 0;
+    for (bucket, customer, remaining, transferable, key, limit) in due {
+        let Ok(customer) = CustomerId::parse(&customer) else {
             continue;
         };
-        let field = if bucket.transferable {
-            BalanceField::Transferable
-        } else {
-            BalanceField::NonTransferable
-        };
-        let _shared = state.projection.read().await;
-        let taken = match state
+        let limit = limit.map(Millicredits::new);
+        let amount = limit.map_or(remaining, |l| l.get().min(remaining));
+        let hold = state
             .store
-            .take(
+            .hold_for_expiry(
                 &customer,
-                field,
-                Millicredits::new(bucket.remaining),
-                TakeMode::UpTo,
+                &bucket.to_string(),
+                transferable,
+                Millicredits::new(amount),
+                limit,
+                key.as_deref().unwrap_or(""),
+                now.timestamp_millis(),
             )
-            .await?
-        {
-            Taken::Taken(t) => t.get(),
-            Taken::Insufficient(_) | Taken::NoAccount => continue,
-        };
-        let give_back = |n: i64| {
-            let (nt, tr) = if bucket.transferable { (0, n) } else { (n, 0) };
-            (Millicredits::new(nt), Millicredits::new(tr))
-        };
-        let result: Result<i64, sqlx::Error> = async {
-            let mut tx = state.db.begin().await?;
-            ledger::lock_customers(&mut tx, std::slice::from_ref(&bucket.customer_id)).await?;
-            let current: Bucket = sqlx::query_as(
-                "SELECT id, customer_id, kind, amount, remaining, transferable, expires_at, created_at
-                 FROM buckets WHERE id = $1",
-            )
-            .bind(bucket.id)
-            .fetch_one(&mut *tx)
             .await?;
-            let amount = taken.min(current.remaining);
-            ledger::expire(&mut tx, &current, amount).await?;
-            if amount > 0 {
-                ledger::audit(
-                    &mut tx,
-                    "system",
-                    "credits.expire",
-                    Some(&current.customer_id),
-                    Some(serde_json::json!({"bucket": current.id, "kind": current.kind,
-                        "remaining": Millicredits::new(current.remaining)})),
-                    Some(serde_json::json!({"bucket": current.id, "kind": current.kind,
-                        "remaining": Millicredits::new(current.remaining - amount),
-                        "expired": Millicredits::new(amount)})),
-                )
-                .await?;
-            }
-            tx.commit().await?;
-            Ok(amount)
-        }
-        .await;
-        match result {
-            Ok(amount) => {
-                if amount < taken {
-                    let (nt, tr) = give_back(taken - amount);
-                    state.store.add_credits(&customer, nt, tr).await?;
-                }
-                if amount > 0 {
-                    expired += 1;
-                }
-            }
-            Err(e) => {
-                let (nt, tr) = give_back(taken);
-                state.store.add_credits(&customer, nt, tr).await?;
-                return Err(e.into());
-            }
+        if let Hold::Marked(_) = hold {
+            held += 1;
         }
     }
-    Ok(expired)
+    Ok(held)
 }
 
-/// Starts the next monthly period for customers whose period ended: grants the plan's
-/// allowance once for it (the old allowance expires with [`expire_due`]).
+/// Starts the next monthly allowance period where the calendar decides it: free plans, and
+/// the months inside a yearly plan's paid year (up to Stripe's period end). A paid monthly
+/// period starts only when its invoice is paid ([`crate::webhook::invoice`]); its allowance
+/// just expires at the period's end meanwhile.
 pub async fn roll_over_periods(state: &State, now: DateTime<Utc>) -> Result<usize, ReconcileError> {
+    let policy = state.policy();
+    let free_plans: Vec<String> = policy
+        .plans
+        .values()
+        .filter(|p| !p.is_paid())
+        .map(|p| p.name.clone())
+        .collect();
     let due: Vec<(String,)> = sqlx::query_as(
-        "SELECT id FROM customers WHERE period_end <= $1 ORDER BY period_end LIMIT $2",
+        "SELECT id FROM customers WHERE period_end <= $1
+           AND (plan = ANY($2) OR (subscription_interval = 'yearly' AND status = 'active'
+                                   AND subscription_period_end > period_end))
+         ORDER BY period_end LIMIT $3",
     )
     .bind(now)
+    .bind(&free_plans)
     .bind(PAGE_LEN_MAX)
     .fetch_all(&state.db)
     .await?;
@@ -255,6 +234,10 @@ pub async fn roll_over_periods(state: &State, now: DateTime<Utc>) -> Result<usiz
         if customer.period_end > now {
             continue;
         }
+        let Some(plan) = policy.plans.get(&customer.plan) else {
+            continue;
+        };
+        let paid_until = customer.subscription_period_end;
         let mut start = customer.period_end;
         let mut end = ledger::period_end_after(start);
         // Bounded: a customer idle for years skips to the current period.
@@ -265,10 +248,15 @@ pub async fn roll_over_periods(state: &State, now: DateTime<Utc>) -> Result<usiz
             start = end;
             end = ledger::period_end_after(start);
         }
-        let granted = match state.policy().plans.get(&customer.plan) {
-            Some(plan) => ledger::allocate_allowance(&mut tx, &id, plan, start, end).await?,
-            None => (0, 0),
-        };
+        if plan.is_paid() {
+            // A yearly plan's month never runs past the paid year.
+            match paid_until {
+                Some(until) if start < until => end = end.min(until),
+                _ => continue,
+            }
+        }
+        let granted =
+            ledger::allocate_allowance(&mut tx, &customer_id, plan, start, end, None).await?;
         sqlx::query("UPDATE customers SET period_start = $2, period_end = $3 WHERE id = $1")
             .bind(&id)
             .bind(start)
@@ -287,11 +275,7 @@ pub async fn roll_over_periods(state: &State, now: DateTime<Utc>) -> Result<usiz
         tx.commit().await?;
         state
             .store
-            .add_credits(
-                &customer_id,
-                Millicredits::new(granted.0),
-                Millicredits::new(granted.1),
-            )
+            .add_credits(&customer_id, granted.0, granted.1)
             .await?;
         rolled += 1;
     }

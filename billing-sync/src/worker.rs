@@ -4,7 +4,6 @@
 
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
 use shared::redis::Store;
 use tokio::sync::watch;
 
@@ -17,8 +16,12 @@ pub const IDLE_POLL_INTERVAL: Duration = Duration::from_millis(50);
 pub const ERROR_BACKOFF: Duration = Duration::from_millis(500);
 /// How often the ready flag and the lag are checked.
 pub const READY_CHECK_INTERVAL: Duration = Duration::from_secs(1);
-/// How often every account is reconciled, and expiries and rollovers run.
+/// How often every account is reconciled and periods roll over (expiries are held every
+/// [`READY_CHECK_INTERVAL`]).
 pub const RECONCILE_INTERVAL: Duration = Duration::from_secs(30);
+/// Unread usage entries above which drift repair is skipped: an account cannot be judged
+/// while the consumer is behind, and scanning a long backlog would only slow it down.
+pub const RECONCILE_LAG_EVENTS_MAX: u64 = 10_000;
 
 /// The worker's settings.
 #[derive(Clone, Debug)]
@@ -70,18 +73,29 @@ pub async fn start(
     Ok(())
 }
 
-/// One pass of the periodic reconcile work.
+/// One pass of the periodic reconcile work: rollovers, expiry holds, and drift repair
+/// unless the consumer is more than [`RECONCILE_LAG_EVENTS_MAX`] entries behind.
 pub async fn reconcile_once(state: &State) -> Result<(), String> {
-    let now = Utc::now();
-    reconcile::expire_due(state, now)
-        .await
-        .map_err(|e| e.to_string())?;
+    let now = state.now();
     reconcile::roll_over_periods(state, now)
         .await
         .map_err(|e| e.to_string())?;
-    reconcile::sync_accounts(state, false)
+    reconcile::expire_due(state, now)
         .await
         .map_err(|e| e.to_string())?;
+    let (lag, _) = consumer::lag(&state.store, now.timestamp_millis())
+        .await
+        .map_err(|e| e.to_string())?;
+    if lag > RECONCILE_LAG_EVENTS_MAX {
+        tracing::warn!(
+            lag_events = lag,
+            "consumer is behind; drift repair skipped this pass"
+        );
+    } else {
+        reconcile::sync_accounts(state, false)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
     reconcile::forget_old_idempotency_records(state)
         .await
         .map_err(|e| e.to_string())?;
@@ -148,9 +162,15 @@ pub async fn run(
                 }
                 Err(e) => tracing::warn!(error = %e, "redis unreachable"),
             }
-            if let Ok((entries, age_s)) = consumer::lag(&stream_store).await {
+            if let Ok((entries, age_s)) =
+                consumer::lag(&stream_store, state.now().timestamp_millis()).await
+            {
                 metrics::gauge!("billing_usage_lag_events").set(entries as f64);
-                metrics::gauge!("billing_usage_lag_seconds").set(age_s);
+                metrics::gauge!("billing_usage_lag_seconds").set(age_s as f64);
+            }
+            // Expiry holds every second, so a bucket expires close to its time.
+            if !replay && let Err(e) = reconcile::expire_due(&state, state.now()).await {
+                tracing::warn!(error = %e, "expiry sweep failed");
             }
         }
         if !replay && last_reconcile.elapsed() >= options.reconcile_interval {

@@ -4,141 +4,17 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
-
 use axum::http::{Method, StatusCode};
-use billing_sync::stripe::Stripe;
 use chrono::Utc;
-use common::{ADMIN, Harness};
+use common::ADMIN;
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;
 use serde_json::{Value, json};
 use shared::CustomerId;
 use sqlx::PgPool;
-use stripe_standin::{StandinConfig, StandinHandle, StripeStandin};
 use stripe_webhook::Webhook;
 
-const SECRET: &str = "whsec_test_current_secret_for_tests";
-const OLD_SECRET: &str = "whsec_test_previous_secret_for_tests";
-
-/// The harness plus a stand-in whose webhooks reach the app over HTTP.
-struct World {
-    h: Harness,
-    standin: StandinHandle,
-}
-
-impl World {
-    async fn start(db: PgPool, deliver: bool) -> World {
-        let mut h = Harness::start(db).await;
-        let standin = StripeStandin::start(StandinConfig {
-            webhook_secret: Some(SECRET.to_owned()),
-            ..StandinConfig::default()
-        })
-        .await
-        .expect("stand-in starts");
-        let stripe =
-            Stripe::new("sk_test_standin_fake", Some(&standin.url()), false).expect("test key");
-        h.state = h
-            .state
-            .clone()
-            .with_stripe(Some(stripe), &format!("{OLD_SECRET},{SECRET}"));
-        h.app = billing_sync::api::app(h.state.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("bound");
-        let app = h.app.clone();
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
-        if deliver {
-            standin.set_webhook_url(format!("http://{addr}/webhooks/stripe"));
-        }
-        let stripe = h.state.stripe.clone().expect("configured");
-        // What `serve` does at start: the catalog, then the portal configuration.
-        let report = billing_sync::stripe::catalog::sync(&stripe, &h.state.policy())
-            .await
-            .expect("catalog syncs");
-        billing_sync::stripe::portal::ensure_configuration(
-            &stripe,
-            &h.state.policy(),
-            &report.prices,
-        )
-        .await
-        .expect("portal configuration");
-        World { h, standin }
-    }
-
-    async fn customer_with_key(&self, external_id: &str) -> (CustomerId, String) {
-        let c = self.h.customer(external_id).await;
-        let (_, key) = self.h.api_key(&c).await;
-        (c, key)
-    }
-
-    /// Starts a Checkout and returns the session id.
-    async fn checkout(&self, key: &str, body: Value) -> String {
-        let auth = format!("Bearer {key}");
-        let (status, reply) = self
-            .h
-            .call(
-                Method::POST,
-                "/v1/checkout",
-                &[("authorization", &auth)],
-                Some(&body),
-            )
-            .await;
-        assert_eq!(status, StatusCode::OK, "{reply}");
-        let url = reply["url"].as_str().expect("url");
-        url.trim_end_matches('/')
-            .rsplit('/')
-            .next()
-            .expect("session id in the url")
-            .to_owned()
-    }
-
-    async fn customer_row(&self, c: &CustomerId) -> (String, String, Option<String>) {
-        sqlx::query_as("SELECT plan, status, stripe_subscription_id FROM customers WHERE id = $1")
-            .bind(c.as_str())
-            .fetch_one(&self.h.state.db)
-            .await
-            .expect("customer")
-    }
-
-    async fn post_webhook(&self, payload: &str, signature: Option<String>) -> (StatusCode, Value) {
-        let mut headers = vec![];
-        if let Some(sig) = &signature {
-            headers.push(("stripe-signature", sig.as_str()));
-        }
-        self.h
-            .call_raw(
-                Method::POST,
-                "/webhooks/stripe",
-                &headers,
-                Some(payload.to_owned()),
-            )
-            .await
-    }
-
-    async fn stored_events(&self) -> i64 {
-        let (n,): (i64,) = sqlx::query_as("SELECT count(*) FROM stripe_events")
-            .fetch_one(&self.h.state.db)
-            .await
-            .expect("count");
-        n
-    }
-}
-
-async fn wait_for<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !check().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
+use common::world::{OLD_SECRET, SECRET, World, wait_for};
 
 #[sqlx::test]
 async fn checkout_for_mid_monthly_moves_the_customer_to_mid_in_postgres_and_redis(db: PgPool) {
@@ -175,6 +51,8 @@ async fn checkout_for_mid_monthly_moves_the_customer_to_mid_in_postgres_and_redi
         w.h.redis_balances(&c).await == (0, 50_000_000)
     })
     .await;
+    // The free allowance's expiry is posted where its hold falls in the usage stream.
+    w.h.drain().await;
     assert_eq!(w.h.ledger_balances(&c).await, (0, 50_000_000));
     let account =
         w.h.state
@@ -398,6 +276,7 @@ async fn a_failed_payment_makes_the_customer_past_due_then_free_after_the_grace_
     let (plan, status, _) = w.customer_row(&c).await;
     assert_eq!((plan.as_str(), status.as_str()), ("free", "canceled"));
     // Mid's allowance expired; a fresh free allowance started.
+    w.h.drain().await;
     assert_eq!(w.h.redis_balances(&c).await, (1_000_000, 0));
     assert_eq!(w.h.ledger_balances(&c).await, (1_000_000, 0));
     let (_, audit) =
@@ -471,6 +350,7 @@ async fn every_order_and_duplication_of_a_subscriptions_events_ends_in_the_same_
             let (status, body) = w.post_webhook(&events[i], Some(sig)).await;
             assert_eq!(status, StatusCode::OK, "{body}");
         }
+        w.h.drain().await;
         let row = w.customer_row(&c).await;
         let outcome = (
             row.0,
@@ -629,6 +509,7 @@ async fn a_mid_period_upgrade_grants_the_prorated_difference_once(db: PgPool) {
         (449_000_000..=450_000_000).contains(&extra),
         "prorated extra {extra}: {events:#?}"
     );
+    w.h.drain().await;
     assert_eq!(w.h.ledger_balances(&c).await, (0, tr));
 }
 

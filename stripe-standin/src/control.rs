@@ -111,6 +111,9 @@ pub(crate) async fn handle(
             let outcome = match *action {
                 "fail_payment" => subscription_action(inner, id, subscriptions::fail_payment).await,
                 "renew" => subscription_action(inner, id, subscriptions::renew).await,
+                "pay_open_invoice" => {
+                    subscription_action(inner, id, subscriptions::pay_open_invoice).await
+                }
                 "upcoming" => subscription_action(inner, id, subscriptions::upcoming).await,
                 "cancel" => cancel_subscription(inner, id).await,
                 "cancel_at_period_end" => {

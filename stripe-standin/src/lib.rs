@@ -241,6 +241,20 @@ impl StandinHandle {
         control::subscription_action(&self.inner, subscription_id, api::subscriptions::renew).await
     }
 
+    /// The latest open invoice is paid after all (a late payment): `invoice.paid`, then
+    /// `customer.subscription.updated` back to `active`.
+    pub async fn pay_open_invoice(
+        &self,
+        subscription_id: &str,
+    ) -> Result<SubscriptionOutcome, ApiError> {
+        control::subscription_action(
+            &self.inner,
+            subscription_id,
+            api::subscriptions::pay_open_invoice,
+        )
+        .await
+    }
+
     /// A renewal notice: `invoice.upcoming` with the next period's draft invoice.
     pub async fn upcoming_invoice(
         &self,

@@ -47,6 +47,20 @@ impl RedisServer {
         Store::connect(&self.url(), StoreOptions::default()).expect("valid url")
     }
 
+    /// Runs a raw command on this server over a connection of its own: for tests that
+    /// look at (or break) what the programs keep in Redis. The programs themselves only go
+    /// through `Store`.
+    pub async fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> T {
+        let client = redis::Client::open(self.url()).expect("valid url");
+        let mut conn = client
+            .get_multiplexed_async_connection()
+            .await
+            .expect("redis answers");
+        cmd.query_async(&mut conn)
+            .await
+            .expect("the command succeeds")
+    }
+
     fn spawn(&mut self) {
         let child = Command::new("redis-server")
             .args([

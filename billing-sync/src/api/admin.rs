@@ -1,5 +1,6 @@
-//! The admin API: customers, API keys, grants, tax status, audit. Every handler takes
-//! [`Admin`] first, so a bad token is refused before anything else is read.
+//! The admin API: customers, API keys, grants, tax status, audit, stored Stripe events.
+//! Every handler takes [`Admin`] first, so a bad token is refused before anything else is
+//! read.
 
 use std::collections::HashMap;
 
@@ -17,30 +18,44 @@ use super::error::{ApiError, ApiResult};
 use super::extract::{Admin, ApiJson, ApiPath, IdempotencyKey};
 use super::idempotency;
 use crate::State;
-use crate::ledger::{self, Customer, Grant};
+use crate::ledger::{self, BucketKind, Customer, Grant, TxnKey};
+use crate::webhook;
+use crate::webhook::stored::{self, EventStatus};
 
 const ACTOR: &str = "admin";
 /// Longest accepted external id and email.
 const TEXT_BYTES_MAX: usize = 320;
-/// Largest page of customers or audit records.
+/// Largest page of customers, audit records or stored Stripe events.
 pub const PAGE_LEN_MAX: i64 = 500;
 
 /// The customer as the admin API shows it.
 pub async fn customer_view(state: &State, c: &Customer) -> ApiResult<Value> {
-    let buckets = ledger::live_buckets(&state.db, &c.id).await?;
+    let buckets = ledger::live_buckets(&state.db, &c.customer_id()?).await?;
     let (nt, tr) = ledger::balances(&state.db, &c.id).await?;
-    let subscription = c.stripe_subscription_id.as_ref().map(|id| {
-        json!({"id": id, "interval": c.subscription_interval, "status": c.subscription_status,
-               "current_period_end": c.period_end, "cancel_at_period_end": c.cancel_at_period_end})
-    });
+    // As Stripe last said it; none once the customer is back on an unpaid plan.
+    let on_paid_plan = state
+        .policy()
+        .plans
+        .get(&c.plan)
+        .is_some_and(|p| p.is_paid());
+    let subscription = c
+        .stripe_subscription_id
+        .as_ref()
+        .filter(|_| on_paid_plan)
+        .map(|id| {
+            json!({"id": id, "interval": c.subscription_interval, "status": c.subscription_status,
+               "current_period_start": c.subscription_period_start,
+               "current_period_end": c.subscription_period_end,
+               "cancel_at_period_end": c.cancel_at_period_end})
+        });
     Ok(json!({
         "id": c.id, "external_id": c.external_id, "email": c.email, "plan": c.plan,
         "status": c.status, "subscription": subscription, "tax_exempt": c.tax_exempt,
         "period_start": c.period_start, "period_end": c.period_end, "created_at": c.created_at,
         "balance": {"spendable": Millicredits::new(nt + tr), "transferable": Millicredits::new(tr)},
         "buckets": buckets.iter().map(|b| json!({
-            "id": b.id, "kind": b.kind, "amount": Millicredits::new(b.amount),
-            "remaining": Millicredits::new(b.remaining), "transferable": b.transferable,
+            "id": b.id, "kind": b.kind.as_str(), "amount": b.amount,
+            "remaining": b.remaining, "transferable": b.transferable,
             "expires_at": b.expires_at,
         })).collect::<Vec<_>>(),
     }))
@@ -115,7 +130,7 @@ pub async fn create_customer(
     let _shared = state.projection.read().await;
     let mut tx = state.db.begin().await?;
     let (customer, created, (nt, tr)) =
-        ledger::create_customer(&mut tx, &state.policy(), external_id, email, Utc::now()).await?;
+        ledger::create_customer(&mut tx, &state.policy(), external_id, email, state.now()).await?;
     let view = short_view(&customer);
     if created {
         ledger::audit(
@@ -133,8 +148,8 @@ pub async fn create_customer(
         let id = CustomerId::parse(&customer.id).map_err(ApiError::Internal)?;
         let account = shared::redis::Account {
             plan: customer.plan.clone(),
-            non_transferable: Millicredits::new(nt),
-            transferable: Millicredits::new(tr),
+            non_transferable: nt,
+            transferable: tr,
         };
         if let Err(e) = state.store.put_account(&id, &account).await {
             // The reconciler writes missing accounts on its next pass.
@@ -251,7 +266,7 @@ pub async fn revoke_api_key(
     let revoked_at = match revoked_at {
         Some(at) => at,
         None => {
-            let now = Utc::now();
+            let now = state.now();
             sqlx::query("UPDATE api_keys SET revoked_at = $2 WHERE id = $1")
                 .bind(key_id)
                 .bind(now)
@@ -310,7 +325,7 @@ pub async fn grant(
             "credits must be more than 0",
         ));
     }
-    let now = Utc::now().trunc_subsecs(6);
+    let now = state.now().trunc_subsecs(6);
     if body.expires_at.is_some_and(|at| at <= now) {
         return Err(ApiError::bad(
             "invalid_expires_at",
@@ -325,13 +340,16 @@ pub async fn grant(
         ));
     }
     let customer = CustomerId::parse(&c.id).map_err(ApiError::Internal)?;
+    let bucket_id = Uuid::now_v7();
     let grant = Grant {
+        bucket: bucket_id,
+        kind: BucketKind::Granted,
         amount: body.credits,
         transferable: body.transferable,
         expires_at: body.expires_at,
         reason,
+        paid_by: None,
     };
-    let bucket_id = Uuid::now_v7();
     let answer = json!({
         "id": bucket_id, "customer": c.id, "credits": grant.amount, "transferable": grant.transferable,
         "expires_at": grant.expires_at, "reason": grant.reason, "created_at": now,
@@ -348,7 +366,7 @@ pub async fn grant(
     }
     ledger::lock_customers(&mut tx, std::slice::from_ref(&c.id)).await?;
     let (nt_before, tr_before) = ledger::balances(&mut *tx, &c.id).await?;
-    ledger::grant(&mut tx, &c.id, &grant, &key, bucket_id, now).await?;
+    ledger::credit(&mut tx, &customer, &grant, TxnKey::grant(&customer, &key), now).await?;
     let (nt_after, tr_after) = if grant.transferable {
         (nt_before, tr_before + grant.amount.get())
     } else {
@@ -464,4 +482,45 @@ pub async fn audit(
         })
         .collect();
     Ok(axum::Json(json!({"data": data})).into_response())
+}
+
+/// `GET /admin/v1/stripe/events?status=&limit=`: stored Stripe events, newest first,
+/// `{"data":[{"id","type","status","attempts","received_at","last_error",…}]}`; `status`
+/// (`pending`, `processed` or `failed`) filters, `limit` is 1 to [`PAGE_LEN_MAX`] (100).
+pub async fn stripe_events(
+    _: Admin,
+    AxState(state): AxState<State>,
+    q: Result<Query<HashMap<String, String>>, QueryRejection>,
+) -> ApiResult<Response> {
+    let p = params(q)?;
+    let limit = limit(&p, 100)?;
+    let status = p
+        .get("status")
+        .map(|s| s.parse::<EventStatus>())
+        .transpose()
+        .map_err(|message| ApiError::bad("invalid_status", message))?;
+    let data = stored::list(&state.db, status, limit).await?;
+    Ok(axum::Json(json!({ "data": data })).into_response())
+}
+
+/// `POST /admin/v1/stripe/events/{id}/retry`: applies a stored event now, whatever its
+/// schedule (a given-up one too), and answers 200 with its row: `processed`, or `failed`
+/// with the new `last_error` (the attempt is counted and the next one scheduled as for any
+/// failure). An event applied before changes nothing. Unknown id: 404 `not_found`.
+pub async fn retry_stripe_event(
+    _: Admin,
+    AxState(state): AxState<State>,
+    ApiPath(id): ApiPath,
+) -> ApiResult<Response> {
+    if stored::find(&state.db, &id).await?.is_none() {
+        return Err(ApiError::NotFound("stripe event"));
+    }
+    match webhook::process(&state, &id).await {
+        Ok(applied) => tracing::info!(event_id = %id, applied, "stripe event retried by hand"),
+        Err(e) => tracing::warn!(event_id = %id, error = %e, "stripe event retried by hand failed"),
+    }
+    let row = stored::find(&state.db, &id)
+        .await?
+        .ok_or(ApiError::NotFound("stripe event"))?;
+    Ok(axum::Json(row).into_response())
 }

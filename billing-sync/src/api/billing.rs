@@ -1,7 +1,7 @@
 //! The Stripe-backed endpoints: `POST /v1/checkout`, `POST /v1/portal`,
-//! `GET /v1/invoices`, and the admin view of stored webhook events.
+//! `GET /v1/invoices`.
 
-use axum::extract::{Query, State as AxState};
+use axum::extract::State as AxState;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
@@ -9,7 +9,7 @@ use serde_json::json;
 use shared::policy::Interval;
 
 use super::error::ApiError;
-use super::extract::{Admin, ApiJson, Caller};
+use super::extract::{ApiJson, Caller};
 use crate::State;
 use crate::stripe::checkout::{self, CheckoutError, Purchase};
 use crate::stripe::{self, Stripe, customers, invoices, portal};
@@ -205,29 +205,4 @@ pub async fn push_tax_exempt(state: &State, customer: &str, value: &str) -> ApiR
     customers::set_tax_exempt(stripe, &stripe_customer, customers::TaxExempt::parse(value))
         .await
         .map_err(|e| stripe_failed(&e))
-}
-
-/// `GET /admin/v1/stripe/events?status=` query.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct EventsQuery {
-    status: Option<String>,
-}
-
-/// `GET /admin/v1/stripe/events?status=failed|pending`: stored events not yet applied.
-pub async fn stripe_events(
-    _: Admin,
-    AxState(state): AxState<State>,
-    Query(query): Query<EventsQuery>,
-) -> ApiResult<Response> {
-    if let Some(status) = &query.status
-        && !matches!(status.as_str(), "failed" | "pending")
-    {
-        return Err(ApiError::bad(
-            "invalid_status",
-            "status must be failed or pending",
-        ));
-    }
-    let data = crate::webhook::list_unfinished(&state, query.status.as_deref()).await?;
-    Ok(axum::Json(data).into_response())
 }

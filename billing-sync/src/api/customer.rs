@@ -255,7 +255,7 @@ pub async fn create_transfer(
             format!("note is longer than {NOTE_BYTES_MAX} bytes"),
         ));
     }
-    let now = Utc::now().trunc_subsecs(6);
+    let now = state.now().trunc_subsecs(6);
     let id = Uuid::now_v7();
     let answer = transfer_json(
         id,
@@ -310,7 +310,7 @@ pub async fn create_transfer(
         Taken::NoAccount => return Err(ApiError::Unavailable("account not projected".into())),
     }
     // From here on, a failure gives the credits back to the sender.
-    let recorded: Result<Result<(), i64>, sqlx::Error> = async {
+    let recorded: Result<Result<(), Millicredits>, sqlx::Error> = async {
         match ledger::record_transfer(&mut tx, id, &from, &to, amount, &note, now).await? {
             Ok(()) => {}
             Err(short) => return Ok(Err(short)),

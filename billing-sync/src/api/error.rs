@@ -1,4 +1,5 @@
-//! Every API failure becomes `{"error":{"code","message"}}` here, and only here.
+//! Every API failure becomes `{"error":{"code","message"}}` here, and only here: the admin
+//! and customer APIs and the Stripe webhook alike.
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -139,6 +140,14 @@ impl From<sqlx::Error> for ApiError {
             }
             other => ApiError::Internal(format!("postgres: {other}")),
         }
+    }
+}
+
+impl From<crate::stripe::signature::Rejection> for ApiError {
+    /// A refused webhook: 400 with the rejection's own code (`invalid_signature`,
+    /// `stale_signature`, `malformed_event`).
+    fn from(rejection: crate::stripe::signature::Rejection) -> Self {
+        ApiError::bad(rejection.code(), rejection.to_string())
     }
 }
 

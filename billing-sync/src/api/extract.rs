@@ -37,12 +37,22 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
     }
 }
 
+/// The credentials of `Authorization: Bearer <token>`. The scheme is matched without regard
+/// to case (`bearer`, `BEARER`), as HTTP says and as the proxy does.
 fn bearer(headers: &HeaderMap) -> Option<&str> {
-    headers
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
+    let value = headers
+        .get(axum::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
+    bearer_token(value)
+}
+
+/// `<token>` from `Bearer <token>` in any case, spaces around it trimmed; `None` for another
+/// scheme or an empty token.
+fn bearer_token(authorization: &str) -> Option<&str> {
+    let (scheme, token) = authorization.trim_start().split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
 /// Equal in constant time for equal lengths (both sides are hashed first, so lengths match).
@@ -150,5 +160,25 @@ impl<S: Send + Sync> FromRequestParts<S> for ApiPath {
             .await
             .map(|Path(p)| ApiPath(p))
             .map_err(|_| ApiError::NotFound("resource"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bearer_scheme_is_matched_in_any_case() {
+        for header in [
+            "Bearer cg_abc",
+            "bearer cg_abc",
+            "BEARER cg_abc",
+            "bEaReR   cg_abc ",
+        ] {
+            assert_eq!(bearer_token(header), Some("cg_abc"), "{header:?}");
+        }
+        for header in ["Basic cg_abc", "Bearer", "Bearer   ", "Bearercg_abc", ""] {
+            assert_eq!(bearer_token(header), None, "{header:?}");
+        }
     }
 }

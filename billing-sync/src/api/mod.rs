@@ -45,7 +45,11 @@ pub fn app(state: State) -> Router {
         .route("/v1/invoices", get(billing::list_invoices))
         .route("/v1/checkout", post(billing::checkout))
         .route("/v1/portal", post(billing::portal))
-        .route("/admin/v1/stripe/events", get(billing::stripe_events))
+        .route("/admin/v1/stripe/events", get(admin::stripe_events))
+        .route(
+            "/admin/v1/stripe/events/{id}/retry",
+            post(admin::retry_stripe_event),
+        )
         .route(
             "/webhooks/stripe",
             post(crate::webhook::receive).layer(DefaultBodyLimit::max(

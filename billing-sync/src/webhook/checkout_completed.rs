@@ -2,23 +2,31 @@
 //! ACH debits): a paid credit pack becomes purchased credits, once per session; a
 //! subscription session links the subscription (its state is read from Stripe).
 
-use chrono::Utc;
 use serde_json::Value;
-use shared::Millicredits;
+use shared::{CustomerId, Millicredits};
 use uuid::Uuid;
 
 use super::plan::{self, Effects};
 use super::subscription;
 use super::{Event, ProcessError, begin, finish};
 use crate::State;
-use crate::ledger::{self, Entry, SYSTEM_ISSUANCE, Txn};
+use crate::ledger::{self, BucketKind, Grant, TxnKey};
 use crate::stripe::checkout::{METADATA_CREDITS, METADATA_CUSTOMER, METADATA_PACK};
 
 /// Handles a completed session.
 pub async fn handle(state: &State, event: &Event) -> Result<Option<Effects>, ProcessError> {
     let session = &event.object;
     let text = |v: &Value| v.as_str().map(str::to_owned);
-    let session_id = text(&session["id"]).unwrap_or_default();
+    // A session without an id cannot be keyed: recorded and left for an operator, never
+    // credited under an empty key.
+    let Some(session_id) = text(&session["id"]).filter(|id| !id.is_empty()) else {
+        tracing::error!(event_id = %event.id, "checkout session without an id; recorded only");
+        let Some(tx) = begin(state, &event.id).await? else {
+            return Ok(None);
+        };
+        finish(tx, &event.id).await?;
+        return Ok(Some(Effects::none()));
+    };
     let our_id = text(&session["metadata"][METADATA_CUSTOMER])
         .or_else(|| text(&session["client_reference_id"]));
     let stripe_customer = text(&session["customer"]).or_else(|| text(&session["customer"]["id"]));
@@ -50,7 +58,7 @@ pub async fn handle(state: &State, event: &Event) -> Result<Option<Effects>, Pro
     }
     match sub {
         Some(sub) => {
-            subscription::apply(&mut tx, state, &customer, &sub, Utc::now(), &mut effects).await?
+            subscription::apply(&mut tx, state, &customer, &sub, state.now(), &mut effects).await?
         }
         None if session["mode"] == "payment" && session["payment_status"] == "paid" => {
             let pack = text(&session["metadata"][METADATA_PACK]);
@@ -63,8 +71,18 @@ pub async fn handle(state: &State, event: &Event) -> Result<Option<Effects>, Pro
                 });
             match credits {
                 Some(credits) if credits.get() > 0 => {
-                    if purchase(&mut tx, &customer.id, credits, &session_id, pack.as_deref())
-                        .await?
+                    let payment_intent = text(&session["payment_intent"])
+                        .or_else(|| text(&session["payment_intent"]["id"]));
+                    if purchase(
+                        &mut tx,
+                        &customer.id,
+                        credits,
+                        &session_id,
+                        pack.as_deref(),
+                        payment_intent.as_deref(),
+                        state.now(),
+                    )
+                    .await?
                     {
                         effects.tr += credits.get();
                     }
@@ -81,51 +99,41 @@ pub async fn handle(state: &State, event: &Event) -> Result<Option<Effects>, Pro
 }
 
 /// Credits a purchased pack: a transferable bucket that does not expire, keyed by the
-/// Checkout Session so it is credited once. `false` if it was credited before.
+/// Checkout Session so it is credited once, and tied to the PaymentIntent that paid it (a
+/// refund or dispute of that charge takes back what is left). `false` if credited before.
 async fn purchase(
     tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
     customer: &str,
     credits: Millicredits,
     session_id: &str,
     pack: Option<&str>,
+    payment_intent: Option<&str>,
+    now: chrono::DateTime<chrono::Utc>,
 ) -> Result<bool, sqlx::Error> {
-    let key = format!("purchase:{session_id}");
-    let seen: Option<(Uuid,)> =
-        sqlx::query_as("SELECT id FROM ledger_txns WHERE idempotency_key = $1")
-            .bind(&key)
-            .fetch_optional(&mut **tx)
-            .await?;
-    if seen.is_some() {
+    let typed = CustomerId::parse(customer).map_err(|e| sqlx::Error::Decode(e.into()))?;
+    let grant = Grant {
+        bucket: Uuid::now_v7(),
+        kind: BucketKind::Purchased,
+        amount: credits,
+        transferable: true,
+        expires_at: None,
+        reason: format!("checkout:{session_id}:{}", pack.unwrap_or("pack")),
+        paid_by: payment_intent.map(str::to_owned),
+    };
+    let credited = ledger::credit(tx, &typed, &grant, TxnKey::purchase(session_id), now).await?;
+    if credited.is_none() {
         return Ok(false);
     }
-    let bucket = Uuid::now_v7();
-    sqlx::query(
-        "INSERT INTO buckets (id, customer_id, kind, amount, remaining, transferable, expires_at)
-         VALUES ($1, $2, 'purchased', $3, $3, TRUE, NULL)",
-    )
-    .bind(bucket)
-    .bind(customer)
-    .bind(credits.get())
-    .execute(&mut **tx)
-    .await?;
-    let txn = Txn {
-        id: Uuid::now_v7(),
-        kind: "grant",
-        idempotency_key: key,
-        source_ref: Some(format!("checkout:{session_id}:{}", pack.unwrap_or("pack"))),
-        entries: vec![
-            Entry::system(SYSTEM_ISSUANCE, "grant", -credits.get()),
-            Entry::customer(customer, bucket, "grant", credits.get()),
-        ],
-    };
-    ledger::post(tx, &txn).await?;
     ledger::audit(
         tx,
         "stripe",
         "credits.purchased",
         Some(customer),
         None,
-        Some(serde_json::json!({"credits": credits, "session": session_id, "pack": pack})),
+        Some(
+            serde_json::json!({"credits": credits, "session": session_id, "pack": pack,
+                                "payment_intent": payment_intent}),
+        ),
     )
     .await?;
     Ok(true)

@@ -5,25 +5,36 @@
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use shared::Millicredits;
+use shared::policy::Interval;
 use uuid::Uuid;
 
 use super::plan::{self, Effects};
 use super::subscription::{self, SubState};
 use super::{Event, ProcessError, begin, finish};
 use crate::State;
-use crate::ledger::{self, Grant};
+use crate::ledger::{self, BucketKind, Grant, TxnKey};
 
-/// The start of the period an invoice pays for: its latest line's period, else the event.
-fn paid_period_start(invoice: &Value, event: &Event) -> DateTime<Utc> {
-    let lines = invoice["lines"]["data"].as_array();
-    let start = lines
+/// The period an invoice pays for, as Stripe says it: its subscription line's period (the
+/// latest, if several), else the subscription's current period.
+fn paid_period(invoice: &Value, sub: &SubState) -> Option<(DateTime<Utc>, DateTime<Utc>)> {
+    let from_lines = invoice["lines"]["data"]
+        .as_array()
         .into_iter()
         .flatten()
+        .filter(|l| l["proration"] != true)
         .filter_map(|l| Some((l["period"]["end"].as_i64()?, l["period"]["start"].as_i64()?)))
+        .filter(|(end, start)| end > start)
         .max()
-        .map(|(_, start)| start)
-        .unwrap_or(event.created);
-    DateTime::from_timestamp(start, 0).unwrap_or_else(Utc::now)
+        .and_then(|(end, start)| {
+            Some((
+                DateTime::from_timestamp(start, 0)?,
+                DateTime::from_timestamp(end, 0)?,
+            ))
+        });
+    from_lines.or(match (sub.period_start, sub.period_end) {
+        (Some(start), Some(end)) if end > start => Some((start, end)),
+        _ => None,
+    })
 }
 
 async fn invoice_context(state: &State, event: &Event) -> Result<Option<SubState>, ProcessError> {
@@ -56,7 +67,7 @@ pub async fn paid(state: &State, event: &Event) -> Result<Option<Effects>, Proce
         finish(tx, &event.id).await?;
         return Ok(Some(Effects::none()));
     };
-    let now = Utc::now();
+    let now = state.now();
     let mut effects = Effects::on(&customer.id);
     subscription::apply(&mut tx, state, &customer, &sub, now, &mut effects).await?;
     let Some(plan_name) = sub.plan.clone().filter(|_| sub.is_active()) else {
@@ -77,7 +88,7 @@ pub async fn paid(state: &State, event: &Event) -> Result<Option<Effects>, Proce
     let policy = state.policy();
     let held = allowance_plan.as_deref().and_then(|p| policy.plans.get(p));
     let held_is_paid = held.is_some_and(|p| p.is_paid());
-    let period_start = paid_period_start(invoice, event);
+    let typed = customer.customer_id()?;
 
     if invoice["billing_reason"] == "subscription_update"
         && held_is_paid
@@ -95,26 +106,19 @@ pub async fn paid(state: &State, event: &Event) -> Result<Option<Effects>, Proce
                 i64::try_from(i128::from(diff) * i128::from(left) / i128::from(total)).unwrap_or(0);
             if prorated > 0 {
                 let grant = Grant {
+                    bucket: Uuid::now_v7(),
+                    kind: BucketKind::Granted,
                     amount: Millicredits::new(prorated),
                     transferable: true,
                     expires_at: Some(customer.period_end),
                     reason: format!("upgrade {} → {} ({invoice_id})", old.name, new.name),
+                    paid_by: None,
                 };
-                let seen: Option<(Uuid,)> =
-                    sqlx::query_as("SELECT id FROM ledger_txns WHERE idempotency_key = $1")
-                        .bind(format!("grant:{}:invoice:{invoice_id}", customer.id))
-                        .fetch_optional(&mut **tx)
-                        .await?;
-                if seen.is_none() {
-                    ledger::grant(
-                        &mut tx,
-                        &customer.id,
-                        &grant,
-                        &format!("invoice:{invoice_id}"),
-                        Uuid::now_v7(),
-                        now,
-                    )
-                    .await?;
+                let key = TxnKey::upgrade(&typed, &invoice_id);
+                if ledger::credit(&mut tx, &typed, &grant, key, now)
+                    .await?
+                    .is_some()
+                {
                     effects.tr += prorated;
                 }
             }
@@ -124,35 +128,34 @@ pub async fn paid(state: &State, event: &Event) -> Result<Option<Effects>, Proce
             .bind(&plan_name)
             .execute(&mut **tx)
             .await?;
-    } else if !held_is_paid || period_start >= customer.period_end - chrono::Duration::days(1) {
-        // A new subscription, or a renewal ahead of the reconciler's rollover: a new period
-        // starts with this invoice.
-        let start = if held_is_paid {
-            period_start
+    } else if let Some((start, end)) = paid_period(invoice, &sub).filter(|_| !invoice_id.is_empty())
+    {
+        // The period this invoice paid for starts now (never before payment): its allowance,
+        // once per invoice. A yearly invoice grants the year's first month; the reconciler
+        // grants the others. A period already over when paid grants nothing.
+        let end = if sub.interval == Some(Interval::Yearly) {
+            ledger::period_end_after(start).min(end)
         } else {
-            period_start.min(now)
+            end
         };
-        plan::start_period(
-            &mut tx,
-            state,
-            &customer.id,
-            &plan_name,
-            start,
-            &mut effects,
-        )
-        .await?;
+        if end > now {
+            let key = TxnKey::allocation_by_invoice(&typed, &invoice_id);
+            plan::start_period(
+                &mut tx,
+                state,
+                &customer.id,
+                &plan_name,
+                start,
+                end,
+                Some(key),
+                &mut effects,
+            )
+            .await?;
+        } else {
+            tracing::info!(customer_id = %customer.id, invoice = %invoice_id, "invoice paid after its period ended; no allowance");
+        }
     } else {
-        // A renewal the rollover already started (or a repeat): grant for the current
-        // period, which the allocation's per-period key makes a no-op if done.
-        plan::start_period(
-            &mut tx,
-            state,
-            &customer.id,
-            &plan_name,
-            customer.period_start,
-            &mut effects,
-        )
-        .await?;
+        tracing::error!(customer_id = %customer.id, invoice = %invoice_id, "paid invoice names no period; no allowance granted");
     }
     ledger::audit(
         &mut tx,
@@ -190,7 +193,7 @@ pub async fn payment_failed(state: &State, event: &Event) -> Result<Option<Effec
         finish(tx, &event.id).await?;
         return Ok(Some(Effects::none()));
     };
-    let now = Utc::now();
+    let now = state.now();
     let mut effects = Effects::on(&customer.id);
     if let Some(sub) = &sub {
         subscription::apply(&mut tx, state, &customer, sub, now, &mut effects).await?;

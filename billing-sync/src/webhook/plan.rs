@@ -7,7 +7,7 @@ use sqlx::{Postgres, Transaction};
 
 use super::ProcessError;
 use crate::State;
-use crate::ledger::{self, Customer};
+use crate::ledger::{self, Customer, TxnKey};
 
 /// What a committed event changes in the Redis projection.
 #[derive(Debug, Default)]
@@ -70,7 +70,7 @@ impl Effects {
     /// after releasing yours).
     pub async fn expire(&self, state: &State) -> Result<(), ProcessError> {
         if let Some(at) = self.expire_at {
-            crate::reconcile::expire_due(state, at.max(Utc::now()))
+            crate::reconcile::expire_due(state, at.max(state.now()))
                 .await
                 .map_err(|e| {
                     ProcessError::Store(StoreError::Reply(format!(
@@ -111,7 +111,8 @@ pub async fn switch(
     effects.expire_at = Some(now);
     effects.plan = Some(new_plan.to_owned());
     if allocate {
-        start_period(tx, state, &customer.id, new_plan, now, effects).await?;
+        let end = ledger::period_end_after(now);
+        start_period(tx, state, &customer.id, new_plan, now, end, None, effects).await?;
     }
     ledger::audit(
         tx,
@@ -124,17 +125,20 @@ pub async fn switch(
     .await
 }
 
-/// Starts a monthly allowance period at `start` and grants `plan`'s allowance for it
-/// (once per period, whatever calls it).
+/// Starts an allowance period `[start, end)` and grants `plan`'s allowance for it, once
+/// (per `key`, and per period whatever the key). `end` is Stripe's for a paid period, the
+/// calendar's for a free one.
+#[allow(clippy::too_many_arguments)]
 pub async fn start_period(
     tx: &mut Transaction<'_, Postgres>,
     state: &State,
     customer: &str,
     plan: &str,
     start: DateTime<Utc>,
+    end: DateTime<Utc>,
+    key: Option<TxnKey>,
     effects: &mut Effects,
 ) -> Result<(), sqlx::Error> {
-    let end = ledger::period_end_after(start);
     sqlx::query("UPDATE customers SET period_start = $2, period_end = $3, allowance_plan = $4 WHERE id = $1")
         .bind(customer)
         .bind(start)
@@ -143,9 +147,10 @@ pub async fn start_period(
         .execute(&mut **tx)
         .await?;
     if let Some(plan) = state.policy().plans.get(plan) {
-        let (nt, tr) = ledger::allocate_allowance(tx, customer, plan, start, end).await?;
-        effects.nt += nt;
-        effects.tr += tr;
+        let typed = CustomerId::parse(customer).map_err(|e| sqlx::Error::Decode(e.into()))?;
+        let (nt, tr) = ledger::allocate_allowance(tx, &typed, plan, start, end, key).await?;
+        effects.nt += nt.get();
+        effects.tr += tr.get();
     }
     Ok(())
 }

@@ -28,7 +28,9 @@ pub struct SubState {
     pub plan: Option<String>,
     /// Billing interval.
     pub interval: Option<Interval>,
-    /// End of the billing period.
+    /// Start of the billing period (the item's `current_period_start`).
+    pub period_start: Option<DateTime<Utc>>,
+    /// End of the billing period (the item's `current_period_end`).
     pub period_end: Option<DateTime<Utc>>,
     /// Cancels at the period's end.
     pub cancel_at_period_end: bool,
@@ -111,6 +113,7 @@ pub async fn fetch(state: &State, id: &str) -> Result<SubState, ProcessError> {
         our_customer: sub.metadata.get(checkout::METADATA_CUSTOMER).cloned(),
         plan,
         interval,
+        period_start: item.and_then(|i| DateTime::from_timestamp(i.current_period_start, 0)),
         period_end: item.and_then(|i| DateTime::from_timestamp(i.current_period_end, 0)),
         cancel_at_period_end: sub.cancel_at_period_end,
     })
@@ -156,7 +159,7 @@ pub async fn handle(state: &State, event: &Event) -> Result<Option<Effects>, Pro
         return Ok(Some(Effects::none()));
     };
     let mut effects = Effects::on(&customer.id);
-    apply(&mut tx, state, &customer, &sub, Utc::now(), &mut effects).await?;
+    apply(&mut tx, state, &customer, &sub, state.now(), &mut effects).await?;
     effects.projection = Some(finish(tx, &event.id).await?);
     Ok(Some(effects))
 }
@@ -194,7 +197,8 @@ pub async fn apply(
         "UPDATE customers SET stripe_customer_id = COALESCE(stripe_customer_id, $2), stripe_subscription_id = $3,
              subscription_interval = $4, subscription_status = $5, cancel_at_period_end = $6,
              subscription_period_end = $7, status = $8,
-             past_due_since = CASE WHEN $8 = 'past_due' THEN COALESCE(past_due_since, $9) ELSE NULL END
+             past_due_since = CASE WHEN $8 = 'past_due' THEN COALESCE(past_due_since, $9) ELSE NULL END,
+             subscription_period_start = $10
          WHERE id = $1",
     )
     .bind(&customer.id)
@@ -206,6 +210,7 @@ pub async fn apply(
     .bind(sub.period_end)
     .bind(status)
     .bind(now)
+    .bind(sub.period_start)
     .execute(&mut **tx)
     .await?;
 

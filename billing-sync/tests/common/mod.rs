@@ -6,6 +6,8 @@
 
 #![allow(dead_code)]
 
+pub mod world;
+
 use axum::Router;
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
@@ -46,10 +48,24 @@ impl Harness {
         Self::with_policy(db, policy()).await
     }
 
+    /// Same, with billing-sync reading the time from `clock`.
+    pub async fn with_clock(db: PgPool, clock: billing_sync::clock::Clock) -> Harness {
+        Self::with_policy_and_clock(db, policy(), clock).await
+    }
+
     /// Same, with another policy.
     pub async fn with_policy(db: PgPool, policy: Policy) -> Harness {
+        Self::with_policy_and_clock(db, policy, billing_sync::clock::Clock::system()).await
+    }
+
+    /// Same, with another policy and clock.
+    pub async fn with_policy_and_clock(
+        db: PgPool,
+        policy: Policy,
+        clock: billing_sync::clock::Clock,
+    ) -> Harness {
         let redis = RedisServer::start();
-        let state = State::new(db, redis.store(), policy, Some(ADMIN.to_owned()));
+        let state = State::new(db, redis.store(), policy, Some(ADMIN.to_owned())).with_clock(clock);
         let stream_store = redis.store();
         worker::start(&state, &stream_store, &WorkerOptions::default())
             .await
@@ -182,6 +198,15 @@ impl Harness {
             }
             total += done.applied;
         }
+    }
+
+    /// What the worker does every pass, then every usage entry (and expiry hold) applied:
+    /// the state a running billing-sync reaches at the clock's time.
+    pub async fn settle(&self) {
+        billing_sync::worker::reconcile_once(&self.state)
+            .await
+            .expect("reconcile pass");
+        self.drain().await;
     }
 
     /// Redis balances (nt, tr).

@@ -12,6 +12,8 @@
 //! | `cg:{cg-sN}:acct:<customer>` | hash | `plan`, `nt` (non-transferable millicredits, spent first), `tr` (transferable millicredits) |
 //! | `cg:{cg-sN}:usage` | stream | usage events (debits and refunds) of the shard's customers |
 //! | `cg:{cg-sN}:refund:<request id>` | string | marks a refund done, so a retried refund applies once |
+//! | `cg:{cg-sN}:admit:<request id>` | string | what the admission took (`<nt>:<tr>`), so a retried admission debits once and a refund by request id knows the split; `void` once the proxy gave the request up, so a late admission refuses |
+//! | `cg:{cg-sN}:expiring:<bucket>` | string | an expiry hold of the bucket is in the stream, not yet settled by the consumer |
 //! | `cg:ready` | string | set by billing-sync once the projection is complete; absent after Redis lost its data |
 
 use crate::ids::{ApiKeyHash, CustomerId};
@@ -53,9 +55,27 @@ pub fn usage_stream_of(customer: &CustomerId) -> String {
     usage_stream(shard_of(customer))
 }
 
+/// The marker of a request's admission: the split it debited, or `void` once the proxy
+/// gave the request up (see [`ADMISSION_MARKER_TTL_S`]).
+pub fn admission_marker(customer: &CustomerId, request_id: &str) -> String {
+    format!("cg:{{cg-s{}}}:admit:{request_id}", shard_of(customer))
+}
+
+/// How long an admission marker is kept (seconds): the window in which a retried
+/// admission returns the first outcome and a refund by request id still finds what was
+/// taken. Every admitted request holds one marker this long (about 100 bytes), so this
+/// bounds their memory: 1 000 requests/s keep about 600 000 markers.
+pub const ADMISSION_MARKER_TTL_S: u64 = 600;
+
 /// The marker that a request's refund was applied.
 pub fn refund_marker(customer: &CustomerId, request_id: &str) -> String {
     format!("cg:{{cg-s{}}}:refund:{request_id}", shard_of(customer))
+}
+
+/// Marks an expiry hold of `bucket` in flight (the stream holds its marker, the consumer
+/// has not settled it yet), so a second sweep does not take the same credits twice.
+pub fn expiry_hold(customer: &CustomerId, bucket: &str) -> String {
+    format!("cg:{{cg-s{}}}:expiring:{bucket}", shard_of(customer))
 }
 
 /// Set once billing-sync has written the whole projection.
@@ -85,6 +105,7 @@ mod tests {
             |k: &str| k[k.find('{').expect("tagged")..=k.find('}').expect("tagged")].to_owned();
         assert_eq!(tag(&account(&c)), tag(&usage_stream_of(&c)));
         assert_eq!(tag(&account(&c)), tag(&refund_marker(&c, "r1")));
+        assert_eq!(tag(&account(&c)), tag(&admission_marker(&c, "r1")));
         assert!(shard_of(&c) < SHARDS);
     }
 }

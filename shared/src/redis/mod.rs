@@ -8,8 +8,12 @@
 pub mod keys;
 mod projection;
 mod store;
+mod stream;
 mod usage;
 
-pub use projection::{BalanceField, Reconciled, TakeMode, Taken};
+pub use projection::{
+    BalanceField, RECONCILE_UNREAD_LEN_MAX, Reconcile, Reconciled, TakeMode, Taken,
+};
 pub use store::{Account, Admission, Debit, Identity, Lookup, Store, StoreError, StoreOptions};
-pub use usage::{UsageEvent, UsageKind};
+pub use stream::{Hold, HoldSettlement, Lag, StreamBatch};
+pub use usage::{ExpiryMarker, StreamEntry, UsageEvent, UsageKind};

@@ -51,7 +51,21 @@ pub enum Taken {
     NoAccount,
 }
 
+/// Unread stream entries [`Store::reconcile_account`] reads at most for one account; with
+/// more unread the consumer is behind and the account is left alone until it catches up.
+pub const RECONCILE_UNREAD_LEN_MAX: usize = 1000;
+
 /// The outcome of [`Store::reconcile_account`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reconcile {
+    /// Compared (and written where it had to be).
+    Done(Reconciled),
+    /// More than [`RECONCILE_UNREAD_LEN_MAX`] entries of the account's stream are unread:
+    /// nothing was compared or changed.
+    Lagging,
+}
+
+/// What [`Store::reconcile_account`] found and did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Reconciled {
     /// Whether the account existed before.
@@ -110,7 +124,8 @@ impl Store {
 
     /// Compares `customer`'s account with the ledger's balances (`nt`, `tr`), counting the
     /// usage events `group` has not read yet, and writes the expected balances when they
-    /// drifted (or always, with `set`: the rebuild after data loss).
+    /// drifted (or always, with `set`: the rebuild after data loss). Bounded: see
+    /// [`Reconcile::Lagging`].
     pub async fn reconcile_account(
         &self,
         customer: &CustomerId,
@@ -118,7 +133,7 @@ impl Store {
         plan: &str,
         ledger: (Millicredits, Millicredits),
         set: bool,
-    ) -> Result<Reconciled, StoreError> {
+    ) -> Result<Reconcile, StoreError> {
         let mut conn = self.conn().await?;
         let reply: Vec<Value> = RECONCILE
             .key(keys::account(customer))
@@ -129,21 +144,25 @@ impl Store {
             .arg(ledger.0.get())
             .arg(ledger.1.get())
             .arg(if set { "set" } else { "repair" })
+            .arg(RECONCILE_UNREAD_LEN_MAX)
             .invoke_async(&mut conn)
             .await?;
         let n = |i| int_at(&reply, i, "reconcile");
-        Ok(Reconciled {
+        if n(0)? == -2 {
+            return Ok(Reconcile::Lagging);
+        }
+        Ok(Reconcile::Done(Reconciled {
             existed: n(0)? == 1,
             found: (Millicredits::new(n(1)?), Millicredits::new(n(2)?)),
             expected: (Millicredits::new(n(3)?), Millicredits::new(n(4)?)),
             written: n(5)? == 1,
-        })
+        }))
     }
 }
 
 impl Store {
-    /// Runs a pipeline in one round trip (the consumer's acknowledgements and trims).
-    pub async fn query_pipeline<T: redis::FromRedisValue>(
+    /// Runs a pipeline in one round trip (the consumer's reads, acknowledgements and trims).
+    pub(super) async fn query_pipeline<T: redis::FromRedisValue>(
         &self,
         pipe: &redis::Pipeline,
     ) -> Result<T, StoreError> {

@@ -1,9 +1,13 @@
--- Compare (and repair or set) an account against the ledger, accounting for usage events
--- the consumer group has not read yet. Atomic with the proxy's debits.
+-- Compare (and repair or set) an account against the ledger, accounting for usage entries
+-- the consumer group has not read yet. Atomic with the proxy's debits. Bounded: reads at
+-- most ARGV[7] unread entries; with more unread (the consumer is behind) it changes
+-- nothing and says so, since the account cannot be judged until the consumer catches up.
 -- KEYS[1] account hash, KEYS[2] the customer's usage stream
 -- ARGV[1] consumer group, ARGV[2] customer, ARGV[3] plan, ARGV[4] ledger nt, ARGV[5] ledger tr,
--- ARGV[6] mode: 'set' (always write) or 'repair' (write only on drift)
--- Returns {existed (0/1), current nt, current tr, expected nt, expected tr, written (0/1)}.
+-- ARGV[6] mode: 'set' (always write) or 'repair' (write only on drift), ARGV[7] most unread
+-- entries to read
+-- Returns {existed (0/1), current nt, current tr, expected nt, expected tr, written (0/1)},
+-- or {-2} when more than ARGV[7] entries are unread (nothing changed).
 local last = '0-0'
 local groups = redis.pcall('XINFO', 'GROUPS', KEYS[2])
 if type(groups) == 'table' and not groups.err then
@@ -16,18 +20,30 @@ if type(groups) == 'table' and not groups.err then
     if name == ARGV[1] and id then last = id end
   end
 end
+local most = tonumber(ARGV[7])
 local pend_nt, pend_tr = 0, 0
 if redis.call('EXISTS', KEYS[2]) == 1 then
-  local entries = redis.call('XRANGE', KEYS[2], '(' .. last, '+')
+  local entries = redis.call('XRANGE', KEYS[2], '(' .. last, '+', 'COUNT', most + 1)
+  if #entries > most then
+    return {-2}
+  end
   for _, e in ipairs(entries) do
     local f = {}
     local kv = e[2]
     for i = 1, #kv, 2 do f[kv[i]] = kv[i + 1] end
     if f['customer'] == ARGV[2] then
-      local sign = 0
-      if f['kind'] == 'debit' then sign = -1 elseif f['kind'] == 'refund' then sign = 1 end
-      pend_nt = pend_nt + sign * tonumber(f['nt'] or '0')
-      pend_tr = pend_tr + sign * tonumber(f['tr'] or '0')
+      if f['kind'] == 'debit' or f['kind'] == 'refund' then
+        local sign = -1
+        if f['kind'] == 'refund' then sign = 1 end
+        pend_nt = pend_nt + sign * tonumber(f['nt'] or '0')
+        pend_tr = pend_tr + sign * tonumber(f['tr'] or '0')
+      elseif f['kind'] == 'expire' then
+        if f['field'] == 'tr' then
+          pend_tr = pend_tr - tonumber(f['taken'] or '0')
+        else
+          pend_nt = pend_nt - tonumber(f['taken'] or '0')
+        end
+      end
     end
   end
 end

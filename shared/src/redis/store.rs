@@ -107,6 +107,9 @@ pub enum Admission {
     },
     /// The key exists but the account does not (rebuild in progress); nothing changed.
     NoAccount,
+    /// This request id was given up on earlier ([`Store::refund_if_admitted`] ran first);
+    /// nothing changed.
+    GivenUp,
 }
 
 /// A cheap-to-clone handle on Redis (single node or cluster). Scripts are loaded once and
@@ -208,8 +211,8 @@ impl Store {
         }
     }
 
-    /// Runs any command (for billing-sync's stream consumer and the tests).
-    pub async fn query<T: redis::FromRedisValue>(&self, cmd: &Cmd) -> Result<T, StoreError> {
+    /// Runs any command; private to `shared::redis`, so only this module knows Redis.
+    pub(super) async fn query<T: redis::FromRedisValue>(&self, cmd: &Cmd) -> Result<T, StoreError> {
         let mut conn = self.conn().await?;
         Ok(cmd.query_async(&mut conn).await?)
     }
@@ -249,6 +252,10 @@ impl Store {
 
     /// The admission script: if the balance covers `cost`, debit it (non-transferable
     /// credits first) and append the usage event, atomically, in one round trip.
+    ///
+    /// Idempotent per `request_id` for [`keys::ADMISSION_MARKER_TTL_S`]: a retry after a
+    /// lost answer returns the first admission (what it took, today's balance) and debits
+    /// nothing twice; after [`Store::refund_if_admitted`] it answers [`Admission::GivenUp`].
     pub async fn admit(
         &self,
         customer: &CustomerId,
@@ -262,11 +269,13 @@ impl Store {
             .admit
             .key(keys::account(customer))
             .key(keys::usage_stream_of(customer))
+            .key(keys::admission_marker(customer, request_id))
             .arg(cost.get())
             .arg(customer.as_str())
             .arg(route)
             .arg(request_id)
             .arg(now_ms)
+            .arg(keys::ADMISSION_MARKER_TTL_S)
             .invoke_async(&mut conn)
             .await?;
         let int = |i: usize| -> Result<i64, StoreError> {
@@ -293,6 +302,7 @@ impl Store {
                 balance: Millicredits::new(int(1)?),
             }),
             -1 => Ok(Admission::NoAccount),
+            -2 => Ok(Admission::GivenUp),
             other => Err(StoreError::Reply(format!("admit: unknown status {other}"))),
         }
     }
@@ -308,24 +318,66 @@ impl Store {
         now_ms: i64,
         reason: &str,
     ) -> Result<Option<Millicredits>, StoreError> {
+        let split = Some((debit.from_non_transferable, debit.from_transferable));
+        self.run_refund(customer, split, route, request_id, now_ms, reason)
+            .await
+    }
+
+    /// Refunds a request whose admission answer never arrived: if the admission marker
+    /// says it debited, gives that back (once per request id, with a refund event); if not,
+    /// marks the request given up, so an admission still in flight refuses
+    /// ([`Admission::GivenUp`]) instead of debiting. Safe to retry. Returns whether credits
+    /// were given back by this call.
+    pub async fn refund_if_admitted(
+        &self,
+        customer: &CustomerId,
+        route: &str,
+        request_id: &str,
+        now_ms: i64,
+        reason: &str,
+    ) -> Result<bool, StoreError> {
+        let refunded = self
+            .run_refund(customer, None, route, request_id, now_ms, reason)
+            .await?;
+        Ok(refunded.is_some())
+    }
+
+    /// The refund script with a known split, or `None` to read it from the admission
+    /// marker. The balance after, or `None` when nothing was given back.
+    async fn run_refund(
+        &self,
+        customer: &CustomerId,
+        split: Option<(Millicredits, Millicredits)>,
+        route: &str,
+        request_id: &str,
+        now_ms: i64,
+        reason: &str,
+    ) -> Result<Option<Millicredits>, StoreError> {
+        let (from_nt, from_tr) = match split {
+            Some((nt, tr)) => (nt.get().to_string(), tr.get().to_string()),
+            None => (String::new(), String::new()),
+        };
         let mut conn = self.conn().await?;
         let reply: Value = self
             .refund
             .key(keys::account(customer))
             .key(keys::usage_stream_of(customer))
             .key(keys::refund_marker(customer, request_id))
-            .arg(debit.from_non_transferable.get())
-            .arg(debit.from_transferable.get())
+            .key(keys::admission_marker(customer, request_id))
+            .arg(from_nt)
+            .arg(from_tr)
             .arg(customer.as_str())
             .arg(route)
             .arg(request_id)
             .arg(now_ms)
             .arg(REFUND_MARKER_TTL_S)
             .arg(reason)
+            .arg(keys::ADMISSION_MARKER_TTL_S)
             .invoke_async(&mut conn)
             .await?;
         match reply {
-            Value::Int(-1) => Ok(None),
+            // -1: refunded before; -2: never admitted (now marked given up).
+            Value::Int(-1 | -2) => Ok(None),
             Value::BulkString(b) => std::str::from_utf8(&b)
                 .ok()
                 .and_then(|s| s.parse().ok())

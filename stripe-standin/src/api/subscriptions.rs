@@ -256,6 +256,46 @@ pub fn renew(state: &mut State, ctx: &Ctx, id: &str) -> Result<Renewal, ApiError
     renew_inner(state, ctx, id, true)
 }
 
+/// A retry of the latest open invoice succeeds (Stripe's dunning, or the customer paying
+/// late): the invoice turns `paid`, the subscription `active` again, the period unchanged.
+/// Events: `invoice.paid`, then `customer.subscription.updated`.
+pub fn pay_open_invoice(state: &mut State, ctx: &Ctx, id: &str) -> Result<Renewal, ApiError> {
+    let before = state.fetch("subscription", id, "id")?;
+    let invoice_id = str_field(&before, "latest_invoice").to_owned();
+    let mut inv = state.fetch("invoice", &invoice_id, "invoice")?;
+    if str_field(&inv, "status") != "open" {
+        return Err(ApiError::invalid(format!(
+            "invoice {invoice_id} is {}, not open",
+            str_field(&inv, "status")
+        )));
+    }
+    let total = inv["total"].clone();
+    inv["status"] = json!("paid");
+    inv["amount_paid"] = total;
+    inv["amount_remaining"] = json!(0);
+    inv["attempt_count"] = json!(inv["attempt_count"].as_i64().unwrap_or(1) + 1);
+    inv["next_payment_attempt"] = Value::Null;
+    inv["auto_advance"] = json!(false);
+    inv["status_transitions"]["paid_at"] = json!(ctx.now);
+    let inv = state.replace(inv);
+    let mut sub = before.clone();
+    sub["status"] = json!("active");
+    let sub = state.replace(sub);
+    let events = vec![
+        NewEvent {
+            type_: "invoice.paid".into(),
+            object: inv.clone(),
+            previous_attributes: Some(json!({"status": "open"})),
+        },
+        NewEvent {
+            type_: "customer.subscription.updated".into(),
+            object: sub.clone(),
+            previous_attributes: Some(json!({"status": before["status"].clone()})),
+        },
+    ];
+    Ok((sub, inv, events))
+}
+
 fn renew_inner(state: &mut State, ctx: &Ctx, id: &str, paid: bool) -> Result<Renewal, ApiError> {
     let before = state.fetch("subscription", id, "id")?;
     if str_field(&before, "status") == "canceled" {
