@@ -1,5 +1,6 @@
 //! The admin listener: `/metrics` (Prometheus), `/healthz` (the process runs), `/readyz`
-//! (Redis answers and holds a complete projection).
+//! (the proxy can serve: Redis answers and holds a complete projection, or under
+//! `fail_open` Redis cannot be reached, which the proxy serves through uncharged).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -11,6 +12,7 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use metrics_exporter_prometheus::PrometheusHandle;
+use shared::policy::StoreErrorMode;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -60,10 +62,18 @@ async fn route(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "redis holds no projection yet\n".to_owned(),
             ),
-            Err(e) => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("redis unreachable: {e}\n"),
-            ),
+            // Under fail_open a proxy that cannot reach Redis still serves (uncharged):
+            // reporting it unready would have a load balancer answer 503 in its place.
+            Err(e) => match app.runtime.load().policy.proxy.on_store_error {
+                StoreErrorMode::FailOpen => (
+                    StatusCode::OK,
+                    format!("ready (fail_open): redis unreachable, forwarding uncharged: {e}\n"),
+                ),
+                StoreErrorMode::FailClosed => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("redis unreachable: {e}\n"),
+                ),
+            },
         },
         _ => (StatusCode::NOT_FOUND, "not found\n".to_owned()),
     };

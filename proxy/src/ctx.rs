@@ -14,6 +14,9 @@ pub struct RequestCtx {
     pub remote: SocketAddr,
     /// Whether refusals are rendered as HTML (the client prefers `text/html`).
     pub wants_html: bool,
+    /// The normalised path and the query as sent: what the route was matched on and
+    /// exactly what the upstream receives. Set by identify.
+    pub path_and_query: String,
     /// The matched route's label (name or pattern), or `default`.
     pub route: String,
     /// Whether the route needs a key.
@@ -54,6 +57,7 @@ impl RequestCtx {
             request_id: uuid::Uuid::now_v7().to_string(),
             remote,
             wants_html,
+            path_and_query: String::from("/"),
             route: String::from("default"),
             auth: Auth::Required,
             identity: None,

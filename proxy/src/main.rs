@@ -3,10 +3,15 @@
 //! Layout, in the order a request meets it:
 //! - [`stack`]: listeners, the hyper server (HTTP/1.1 and HTTP/2, header limits and
 //!   timeouts) and the tower layers around the handler; graceful shutdown.
-//! - [`handler`]: one function that runs the phases in order.
+//! - [`handler`]: one function that runs the phases in order, as a task of its own so a
+//!   request is settled even when its client has gone.
 //! - [`phase`]: identify → price → admit → forward → settle, one file each.
+//! - [`path`]: the normal form of a request path, the one routes are matched on and the
+//!   upstream receives.
 //! - [`ctx`]: the per-request state the phases share.
-//! - [`refusal`]: every refusal (401, 402, 429, 503, 502, 504) and its JSON or HTML body.
+//! - [`refusal`]: every refusal (400, 401, 402, 429, 503, 502, 504) and its JSON or HTML
+//!   body.
+//! - [`refunds`]: refunds Redis did not take at once, retried from a bounded queue.
 //! - [`runtime`]: the live policy and what is derived from it (rate limiters, the 402
 //!   offer), swapped whole on reload; [`reload`] watches the file and SIGHUP.
 //! - [`key_cache`]: API-key lookups, cached at most a second.
@@ -18,7 +23,9 @@ mod handler;
 mod headers;
 mod key_cache;
 mod metric;
+mod path;
 mod phase;
+mod refunds;
 mod refusal;
 mod reload;
 mod runtime;
@@ -27,6 +34,7 @@ mod stack;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use clap::Parser;
@@ -60,7 +68,15 @@ pub struct App {
     pub keys: key_cache::KeyCache,
     /// The pooled keep-alive client to the upstream.
     pub client: stack::UpstreamClient,
+    /// Refunds to retry until Redis takes them.
+    pub refunds: refunds::Refunds,
+    /// Requests being handled, also those whose client has gone.
+    pub in_flight: handler::InFlight,
 }
+
+/// How long queued refunds still get at exit (after in-flight requests), with Redis up
+/// about a thousand refunds a millisecond; what is left then is logged as lost.
+const REFUNDS_AT_EXIT: Duration = Duration::from_secs(5);
 
 fn main() -> ExitCode {
     let args = Args::parse();
@@ -105,9 +121,11 @@ async fn run(args: Args, runtime: runtime::Runtime) -> Result<(), String> {
     let proxy_config = runtime.policy.proxy.clone();
     let app = Arc::new(App {
         runtime: ArcSwap::from_pointee(runtime),
+        refunds: refunds::Refunds::start(store.clone()),
         store,
         keys: key_cache::KeyCache::new(),
         client: stack::upstream_client(),
+        in_flight: handler::InFlight::default(),
     });
     reload::spawn(app.clone(), args.config.clone())?;
     runtime::spawn_limiter_cleanup(app.clone());
@@ -119,7 +137,13 @@ async fn run(args: Args, runtime: runtime::Runtime) -> Result<(), String> {
         shutdown.clone(),
     )
     .await?;
-    stack::serve(app, &proxy_config, shutdown).await?;
+    stack::serve(app.clone(), &proxy_config, shutdown).await?;
+    // Connections are drained; requests whose client left before the answer are not.
+    let grace = Duration::from_millis(app.runtime.load().policy.proxy.shutdown_grace_ms);
+    if !app.in_flight.wait_idle(grace).await {
+        tracing::warn!("requests still being settled at exit");
+    }
+    app.refunds.finish(REFUNDS_AT_EXIT).await;
     admin.abort();
     Ok(())
 }

@@ -13,6 +13,11 @@ use crate::runtime::Runtime;
 /// Why a request was not (fully) served. Phases return these; they never build bodies.
 #[derive(Debug)]
 pub enum Refusal {
+    /// 400: the request path has no normal form (see [`crate::path`]).
+    BadRequest {
+        /// What is wrong with it.
+        reason: &'static str,
+    },
     /// 401: no key, an unknown key or a revoked one.
     Unauthorized,
     /// 402: the balance does not cover the cost.
@@ -39,6 +44,7 @@ impl Refusal {
     /// The stable error code.
     pub fn code(&self) -> &'static str {
         match self {
+            Refusal::BadRequest { .. } => "bad_request",
             Refusal::Unauthorized => "unauthorized",
             Refusal::CreditsExhausted { .. } => "credits_exhausted",
             Refusal::RateLimited { .. } => "rate_limited",
@@ -50,6 +56,7 @@ impl Refusal {
 
     fn status(&self) -> StatusCode {
         match self {
+            Refusal::BadRequest { .. } => StatusCode::BAD_REQUEST,
             Refusal::Unauthorized => StatusCode::UNAUTHORIZED,
             Refusal::CreditsExhausted { .. } => StatusCode::PAYMENT_REQUIRED,
             Refusal::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -61,6 +68,7 @@ impl Refusal {
 
     fn message(&self) -> String {
         match self {
+            Refusal::BadRequest { reason } => format!("the request path is not valid: {reason}"),
             Refusal::Unauthorized => {
                 "a valid API key is required (Authorization: Bearer cg_… or X-Api-Key)".into()
             }
@@ -135,7 +143,7 @@ impl Refusal {
                     headers.insert("x-credits-remaining", v);
                 }
             }
-            Refusal::UpstreamError | Refusal::UpstreamTimeout => {}
+            Refusal::BadRequest { .. } | Refusal::UpstreamError | Refusal::UpstreamTimeout => {}
         }
     }
 }

@@ -7,10 +7,12 @@
 //! - [`upstream`]: a small HTTP product API (echo, status, slow, sink) used by the tests and
 //!   the demo (`demo-upstream` binary).
 //! - [`http`]: a minimal client for the tests.
+//! - [`relay`]: a TCP relay that can swallow a server's replies (answers lost on the way).
 
 pub mod http;
 pub mod process;
 pub mod redis_server;
+pub mod relay;
 pub mod upstream;
 
 /// A free TCP port on 127.0.0.1 (bound, then released; good enough for tests).

@@ -1,5 +1,6 @@
-//! A small product API to put behind the proxy: `/status/<code>`, `/slow/<ms>`, `/hop`
-//! and, for every other path, an echo of what arrived (method, path, headers, body size).
+//! A small product API to put behind the proxy: `/status/<code>`, `/slow/<ms>`,
+//! `/slow/<ms>/status/<code>`, `/hop` and, for every other path, an echo of what arrived
+//! (method, path, query, headers, body size).
 //! Bodies are counted as they stream in, never buffered.
 
 use std::convert::Infallible;
@@ -81,9 +82,16 @@ async fn handle(
             hyper::StatusCode::from_u16(code).unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
         return Ok(resp);
     }
-    if let Some(ms) = path.strip_prefix("/slow/") {
+    if let Some(rest) = path.strip_prefix("/slow/") {
+        let (ms, code) = match rest.split_once("/status/") {
+            Some((ms, code)) => (ms, code.parse::<u16>().unwrap_or(500)),
+            None => (rest, 200),
+        };
         tokio::time::sleep(Duration::from_millis(ms.parse().unwrap_or(1000))).await;
-        return Ok(Response::new(Full::new(Bytes::from_static(b"slow\n"))));
+        let mut resp = Response::new(Full::new(Bytes::from_static(b"slow\n")));
+        *resp.status_mut() =
+            hyper::StatusCode::from_u16(code).unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
+        return Ok(resp);
     }
     if path == "/hop" {
         let resp = Response::builder()

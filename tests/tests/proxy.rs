@@ -8,8 +8,9 @@ use creditgate_e2e::free_port;
 use creditgate_e2e::http::{self, Reply};
 use creditgate_e2e::process::{Proc, wait_for_port};
 use creditgate_e2e::redis_server::RedisServer;
+use creditgate_e2e::relay::Relay;
 use creditgate_e2e::upstream::Upstream;
-use shared::redis::{Account, Store, UsageEvent, UsageKind, keys};
+use shared::redis::{Account, Admission, Store, UsageEvent, UsageKind, keys};
 use shared::{ApiKey, CustomerId, Millicredits};
 
 /// Knobs of one gateway under test.
@@ -22,6 +23,10 @@ struct Opts {
     api_cost: &'static str,
     appendonly: bool,
     upstream_down: bool,
+    /// The proxy reaches Redis through a [`Relay`] that can lose Redis's answers.
+    redis_via_relay: bool,
+    /// Redis is stopped before the proxy starts (and holds nothing).
+    redis_down_at_start: bool,
 }
 
 impl Default for Opts {
@@ -35,6 +40,8 @@ impl Default for Opts {
             api_cost: "1",
             appendonly: false,
             upstream_down: false,
+            redis_via_relay: false,
+            redis_down_at_start: false,
         }
     }
 }
@@ -42,6 +49,7 @@ impl Default for Opts {
 /// Redis, an upstream and the proxy binary, wired together; all stopped on drop.
 struct Gateway {
     redis: RedisServer,
+    relay: Option<Relay>,
     upstream: Upstream,
     proxy: Proc,
     port: u16,
@@ -53,7 +61,19 @@ struct Gateway {
 
 impl Gateway {
     async fn start(opts: Opts) -> Gateway {
-        let redis = RedisServer::start_with(opts.appendonly);
+        let mut redis = RedisServer::start_with(opts.appendonly);
+        let relay = if opts.redis_via_relay {
+            let target = format!("127.0.0.1:{}", redis.port)
+                .parse()
+                .expect("literal address");
+            Some(Relay::start(target).await)
+        } else {
+            None
+        };
+        let redis_url = relay.as_ref().map_or_else(|| redis.url(), Relay::redis_url);
+        if opts.redis_down_at_start {
+            redis.stop(false);
+        }
         let upstream = Upstream::start().await;
         let upstream_url = if opts.upstream_down {
             format!("http://127.0.0.1:{}", free_port())
@@ -72,11 +92,12 @@ impl Gateway {
         let proxy = Proc::start(
             "creditgate-proxy",
             &["--config", config.to_str().expect("utf-8 path")],
-            &[("REDIS_URL", &redis.url())],
+            &[("REDIS_URL", &redis_url)],
         );
         wait_for_port(&format!("127.0.0.1:{port}"));
         let gw = Gateway {
             redis,
+            relay,
             upstream,
             proxy,
             port,
@@ -85,7 +106,9 @@ impl Gateway {
             opts,
             upstream_url,
         };
-        gw.redis.store().mark_ready().await.expect("redis up");
+        if !gw.opts.redis_down_at_start {
+            gw.redis.store().mark_ready().await.expect("redis up");
+        }
         gw
     }
 
@@ -156,17 +179,21 @@ impl Gateway {
     }
 }
 
-/// Every usage event in every shard, oldest first per shard.
-async fn usage_events(store: &Store) -> Vec<UsageEvent> {
+/// Every usage event in every shard, oldest first per shard, read over a connection of the
+/// test's own (the programs talk to Redis only through `Store`).
+async fn usage_events(server: &RedisServer) -> Vec<UsageEvent> {
+    let client = redis::Client::open(server.url()).expect("valid url");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis answers");
     let mut events = Vec::new();
     for shard in 0..keys::SHARDS {
-        let reply: redis::streams::StreamRangeReply = store
-            .query(
-                redis::cmd("XRANGE")
-                    .arg(keys::usage_stream(shard))
-                    .arg("-")
-                    .arg("+"),
-            )
+        let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+            .arg(keys::usage_stream(shard))
+            .arg("-")
+            .arg("+")
+            .query_async(&mut conn)
             .await
             .expect("xrange");
         for entry in reply.ids {
@@ -222,7 +249,7 @@ async fn allowed_request_is_forwarded_with_identity_and_charged() {
     assert!(reply.json()["headers"].get("authorization").is_none());
     assert_eq!(gw.balance("cus_happy").await, Millicredits::new(89_000));
 
-    let events = usage_events(&gw.store()).await;
+    let events = usage_events(&gw.redis).await;
     assert_eq!(events.len(), 2);
     assert!(
         events
@@ -273,7 +300,7 @@ async fn missing_unknown_and_revoked_keys_answer_401() {
         "refused requests are never forwarded"
     );
     assert_eq!(
-        usage_events(&gw.store()).await.len() as u64,
+        usage_events(&gw.redis).await.len() as u64,
         forwarded,
         "refused requests are never charged"
     );
@@ -317,7 +344,7 @@ async fn exhausted_balance_answers_402_with_upgrade_url() {
 
     assert_eq!(gw.balance("cus_poor").await, Millicredits::new(500));
     assert_eq!(gw.upstream.hits(), 0);
-    assert!(usage_events(&gw.store()).await.is_empty());
+    assert!(usage_events(&gw.redis).await.is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -364,6 +391,8 @@ async fn redis_down_answers_503_under_fail_closed() {
     assert_eq!(gw.upstream.hits(), 1);
     // Public routes do not need Redis.
     assert_eq!(http::get(&gw.url("/health"), &[]).await.status, 200);
+    let ready = http::get(&format!("http://127.0.0.1:{}/readyz", gw.admin_port), &[]).await;
+    assert_eq!(ready.status, 503, "fail_closed cannot serve without Redis");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -409,7 +438,7 @@ async fn upstream_failures_are_refunded_and_4xx_charged() {
     assert_eq!(four.header("x-credits-cost").as_deref(), Some("1"));
     assert_eq!(gw.balance("cus_refund").await, Millicredits::new(99_000));
 
-    let events = usage_events(&gw.store()).await;
+    let events = usage_events(&gw.redis).await;
     assert_eq!(count(&events, UsageKind::Debit), 3);
     assert_eq!(count(&events, UsageKind::Refund), 2);
     for refund in events.iter().filter(|e| e.kind == UsageKind::Refund) {
@@ -434,7 +463,7 @@ async fn unreachable_upstream_answers_502_refunded() {
     assert_eq!(reply.json()["error"]["code"], "upstream_error");
     assert_eq!(reply.header("x-credits-cost").as_deref(), Some("0"));
     assert_eq!(gw.balance("cus_502").await, Millicredits::new(100_000));
-    let events = usage_events(&gw.store()).await;
+    let events = usage_events(&gw.redis).await;
     assert_eq!(
         (
             count(&events, UsageKind::Debit),
@@ -517,7 +546,7 @@ async fn concurrent_requests_never_overspend() {
     assert_eq!((ok, exhausted), (50, 150));
     assert_eq!(gw.upstream.hits(), 50);
     assert_eq!(gw.balance("cus_race").await, Millicredits::ZERO);
-    let events = usage_events(&gw.store()).await;
+    let events = usage_events(&gw.redis).await;
     assert_eq!(
         count(&events, UsageKind::Debit),
         50,
@@ -616,7 +645,7 @@ async fn redis_killed_with_aof_on_loses_no_usage_event() {
         }
     }
     assert_eq!(ok, 10, "the proxy reconnects after Redis restarts");
-    let events = usage_events(&gw.store()).await;
+    let events = usage_events(&gw.redis).await;
     assert_eq!(count(&events, UsageKind::Debit), 50);
     assert_eq!(gw.balance("cus_aof").await, Millicredits::new(950_000));
 }
@@ -783,4 +812,351 @@ routes:
         rps = o.per_second,
         burst = o.burst,
     )
+}
+
+/// The debits and refunds recorded for one request.
+fn kinds_of(events: &[UsageEvent], request_id: &str) -> (usize, usize) {
+    let of: Vec<UsageEvent> = events
+        .iter()
+        .filter(|e| e.request_id == request_id)
+        .cloned()
+        .collect();
+    (count(&of, UsageKind::Debit), count(&of, UsageKind::Refund))
+}
+
+/// Redis runs the admission but its answer is lost, twice: the proxy answers as the mode
+/// says and refunds by request id, so the balance ends where it was.
+async fn lost_admission_answer_is_refunded(fail_open: bool) {
+    let gw = Gateway::start(Opts {
+        fail_open,
+        redis_via_relay: true,
+        ..Opts::default()
+    })
+    .await;
+    let key = gw.customer("cus_lost", "free", "100").await;
+    assert_eq!(gw.get("/v1/x", &key).await.status, 200); // the key is cached now
+    let relay = gw.relay.as_ref().expect("relay on");
+    relay.swallow_replies();
+    let reply = gw.get("/v1/x", &key).await;
+    if fail_open {
+        assert_eq!(reply.status, 200);
+        assert_eq!(reply.header("x-credits-cost").as_deref(), Some("0"));
+    } else {
+        assert_eq!(reply.status, 503);
+        assert_eq!(reply.json()["error"]["code"], "billing_unavailable");
+    }
+    let request_id = reply
+        .header("x-creditgate-request-id")
+        .expect("every answer carries the request id");
+    relay.restore();
+
+    wait_until(Duration::from_secs(10), || async {
+        kinds_of(&usage_events(&gw.redis).await, &request_id) == (1, 1)
+    })
+    .await;
+    assert_eq!(
+        gw.balance("cus_lost").await,
+        Millicredits::new(99_000),
+        "the lost admission was debited once and refunded once"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let events = usage_events(&gw.redis).await;
+    assert_eq!(
+        kinds_of(&events, &request_id),
+        (1, 1),
+        "nothing arrives late"
+    );
+    assert_eq!(gw.balance("cus_lost").await, Millicredits::new(99_000));
+    let mode = if fail_open {
+        "fail_open"
+    } else {
+        "fail_closed"
+    };
+    assert!(
+        gw.metrics().await.contains(&format!(
+            "creditgate_proxy_admissions_given_up_total{{mode=\"{mode}\"}} 1"
+        )),
+        "{}",
+        gw.metrics().await
+    );
+    assert_eq!(gw.upstream.hits(), if fail_open { 2 } else { 1 });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admission_whose_answer_is_lost_answers_503_and_is_refunded_under_fail_closed() {
+    lost_admission_answer_is_refunded(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admission_whose_answer_is_lost_is_forwarded_uncharged_and_refunded_under_fail_open() {
+    lost_admission_answer_is_refunded(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admission_is_idempotent_per_request_id_and_refuses_once_given_up() {
+    let redis = RedisServer::start();
+    let store = redis.store();
+    let customer = CustomerId::parse("cus_idem").expect("valid id");
+    let account = Account {
+        plan: "free".to_owned(),
+        non_transferable: Millicredits::new(10_000),
+        transferable: Millicredits::new(5_000),
+    };
+    store
+        .put_account(&customer, &account)
+        .await
+        .expect("seed account");
+    let balance = || async {
+        store
+            .account(&customer)
+            .await
+            .expect("redis up")
+            .expect("account exists")
+            .spendable()
+    };
+    let cost = Millicredits::new(12_000);
+
+    let first = store
+        .admit(&customer, cost, "api", "req-1", 1)
+        .await
+        .expect("redis up");
+    let Admission::Admitted(debit) = first else {
+        panic!("admitted, got {first:?}");
+    };
+    assert_eq!(debit.from_non_transferable, Millicredits::new(10_000));
+    assert_eq!(debit.from_transferable, Millicredits::new(2_000));
+    let retried = store
+        .admit(&customer, cost, "api", "req-1", 2)
+        .await
+        .expect("redis up");
+    assert_eq!(
+        retried,
+        Admission::Admitted(debit),
+        "a retry reports the first admission"
+    );
+    assert_eq!(balance().await, Millicredits::new(3_000), "debited once");
+
+    assert!(
+        store
+            .refund_if_admitted(&customer, "api", "req-1", 3, "admission_failed")
+            .await
+            .expect("redis up")
+    );
+    assert!(
+        !store
+            .refund_if_admitted(&customer, "api", "req-1", 4, "admission_failed")
+            .await
+            .expect("redis up"),
+        "refunded once"
+    );
+    let after = store
+        .account(&customer)
+        .await
+        .expect("redis up")
+        .expect("account exists");
+    assert_eq!(after, account, "the split went back where it came from");
+
+    // Given up on before the admission arrived: the late admission refuses.
+    assert!(
+        !store
+            .refund_if_admitted(&customer, "api", "req-2", 5, "admission_failed")
+            .await
+            .expect("redis up")
+    );
+    let late = store
+        .admit(&customer, cost, "api", "req-2", 6)
+        .await
+        .expect("redis up");
+    assert_eq!(late, Admission::GivenUp);
+    assert_eq!(balance().await, Millicredits::new(15_000));
+
+    let events = usage_events(&redis).await;
+    assert_eq!(kinds_of(&events, "req-1"), (1, 1));
+    assert_eq!(kinds_of(&events, "req-2"), (0, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_leaves_before_a_failing_upstream_answers_is_still_refunded() {
+    let gw = Gateway::start(Opts::default()).await;
+    let key = gw.customer("cus_gone", "free", "100").await;
+    let port = gw.port;
+    tokio::task::spawn_blocking(move || {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        let head = format!(
+            "GET /slow/800/status/503 HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {key}\r\n\r\n"
+        );
+        s.write_all(head.as_bytes()).expect("write head");
+        std::thread::sleep(Duration::from_millis(300));
+        // Dropped: the client leaves before the product answers.
+    })
+    .await
+    .expect("client ran");
+    let events = usage_events(&gw.redis).await;
+    assert_eq!(
+        count(&events, UsageKind::Debit),
+        1,
+        "admitted before the client left"
+    );
+    let request_id = events[0].request_id.clone();
+
+    wait_until(Duration::from_secs(5), || async {
+        kinds_of(&usage_events(&gw.redis).await, &request_id) == (1, 1)
+    })
+    .await;
+    assert_eq!(gw.balance("cus_gone").await, Millicredits::new(100_000));
+    assert_eq!(gw.upstream.hits(), 1);
+    assert!(
+        gw.proxy.output().contains(&request_id),
+        "settle logged the request"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refund_that_fails_while_redis_is_down_is_applied_when_it_returns() {
+    let mut gw = Gateway::start(Opts {
+        appendonly: true,
+        ..Opts::default()
+    })
+    .await;
+    let key = gw.customer("cus_later", "free", "100").await;
+    let url = gw.url("/slow/1000/status/503");
+    let auth = format!("Bearer {key}");
+    let request = tokio::spawn(async move { http::get(&url, &[("authorization", &auth)]).await });
+    wait_until(Duration::from_secs(3), || async {
+        count(&usage_events(&gw.redis).await, UsageKind::Debit) == 1
+    })
+    .await;
+    gw.redis.stop(false); // SIGKILL; the AOF (fsync always) keeps the debit
+
+    let reply = request.await.expect("request ran");
+    assert_eq!(reply.status, 503, "the product's 5xx is passed through");
+    assert_eq!(reply.header("x-credits-cost").as_deref(), Some("0"));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    gw.redis.start_again();
+
+    wait_until(Duration::from_secs(15), || async {
+        count(&usage_events(&gw.redis).await, UsageKind::Refund) == 1
+    })
+    .await;
+    assert_eq!(gw.balance("cus_later").await, Millicredits::new(100_000));
+    let events = usage_events(&gw.redis).await;
+    assert_eq!(
+        (
+            count(&events, UsageKind::Debit),
+            count(&events, UsageKind::Refund)
+        ),
+        (1, 1)
+    );
+    assert!(
+        gw.metrics()
+            .await
+            .contains("creditgate_proxy_refunds_queued_total{reason=\"upstream_5xx\"} 1")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_started_while_redis_is_down_forwards_uncharged_under_fail_open() {
+    let mut gw = Gateway::start(Opts {
+        fail_open: true,
+        redis_down_at_start: true,
+        ..Opts::default()
+    })
+    .await;
+    let ready = http::get(&format!("http://127.0.0.1:{}/readyz", gw.admin_port), &[]).await;
+    assert_eq!(
+        ready.status, 200,
+        "fail_open serves without Redis, so it is ready"
+    );
+    let key = ApiKey::generate();
+    let reply = gw.get("/v1/x", key.expose()).await;
+    assert_eq!(reply.status, 200);
+    assert!(
+        reply.header("x-credits-cost").is_none(),
+        "nobody was charged"
+    );
+    let echo = reply.json();
+    assert!(
+        echo["headers"].get("x-creditgate-customer").is_none(),
+        "no identity without Redis"
+    );
+    assert!(echo["headers"].get("authorization").is_none());
+    assert_eq!(gw.upstream.hits(), 1);
+    assert!(
+        gw.metrics()
+            .await
+            .contains("creditgate_proxy_fail_open_total 1")
+    );
+
+    // Redis comes back with its projection: requests are charged again.
+    gw.redis.start_again();
+    let key = gw.customer("cus_back", "free", "10").await;
+    gw.store().mark_ready().await.expect("redis up");
+    wait_until(Duration::from_secs(5), || async {
+        gw.get("/v1/x", &key)
+            .await
+            .header("x-credits-cost")
+            .as_deref()
+            == Some("1")
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paths_are_priced_and_forwarded_in_their_normal_form() {
+    let gw = Gateway::start(Opts::default()).await;
+    let key = gw.customer("cus_paths", "free", "100").await;
+    let post = |path: &'static str| {
+        let url = gw.url(path);
+        let key = key.clone();
+        async move { http::send("POST", &url, &[("x-api-key", key.as_str())], "").await }
+    };
+
+    for (sent, normal) in [
+        ("/v1//generate/./text?x=1", "/v1/generate/text"),
+        ("/v1/%67enerate", "/v1/generate"),
+        ("/v1/other/../generate", "/v1/generate"),
+        ("/v1/%2E/generate/", "/v1/generate/"),
+    ] {
+        let reply = post(sent).await;
+        assert_eq!(reply.status, 200, "{sent}");
+        assert_eq!(
+            reply.header("x-credits-cost").as_deref(),
+            Some("10"),
+            "{sent} is priced as the generate route"
+        );
+        assert_eq!(reply.json()["path"], normal, "{sent}");
+    }
+    let with_query = post("/v1//generate?x=1&y=%2F").await.json();
+    assert_eq!(with_query["path"], "/v1/generate");
+    assert_eq!(
+        with_query["query"], "x=1&y=%2F",
+        "the query is forwarded as sent"
+    );
+
+    // An encoded '/' is part of a segment, never a separator: not the generate route.
+    let encoded_slash = post("/v1%2Fgenerate").await;
+    assert_eq!(encoded_slash.header("x-credits-cost").as_deref(), Some("1"));
+    assert_eq!(encoded_slash.json()["path"], "/v1%2Fgenerate");
+
+    // A public route's spelling does not make a paid route public.
+    let hits = gw.upstream.hits();
+    let sneaky = http::get(&gw.url("/health/../v1/x"), &[]).await;
+    assert_eq!(sneaky.status, 401);
+    for bad in ["/../v1/x", "/v1/%zz", "/v1/%2e%2e/%2e%2e/x"] {
+        let reply = gw.get(bad, &key).await;
+        assert_eq!(reply.status, 400, "{bad}");
+        let error = &reply.json()["error"];
+        assert_eq!(error["code"], "bad_request", "{bad}");
+        assert!(error["message"].is_string());
+    }
+    assert_eq!(
+        gw.upstream.hits(),
+        hits,
+        "refused paths are never forwarded"
+    );
+    assert_eq!(
+        gw.balance("cus_paths").await,
+        Millicredits::new(100_000 - 5 * 10_000 - 1_000),
+        "refused paths are never charged"
+    );
 }

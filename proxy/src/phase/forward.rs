@@ -40,11 +40,11 @@ fn upstream_request(
     req: Request<Incoming>,
 ) -> Result<Request<Incoming>, Refusal> {
     let (mut parts, body) = req.into_parts();
-    let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    // Exactly the path the route was matched and priced on.
     parts.uri = Uri::builder()
         .scheme(runtime.upstream.scheme.clone())
         .authority(runtime.upstream.authority.clone())
-        .path_and_query(path_and_query)
+        .path_and_query(ctx.path_and_query.as_str())
         .build()
         .map_err(|_| Refusal::UpstreamError)?;
     parts.version = Version::HTTP_11;

@@ -1,5 +1,6 @@
 //! Identify: which route the request takes (it says whether a key is needed) and, if one
-//! is, whose key it carries.
+//! is, whose key it carries. Routes are matched on the normalised path ([`crate::path`]),
+//! the one the upstream receives.
 
 use hyper::{HeaderMap, Request};
 use shared::ApiKey;
@@ -12,17 +13,22 @@ use crate::metric;
 use crate::refusal::Refusal;
 use crate::runtime::Runtime;
 
-/// Matches the route, then resolves the API key (`Authorization: Bearer` or `X-Api-Key`)
-/// to a customer and plan. No key, an unknown or a revoked one: 401.
+/// Normalises the path (400 when it has no normal form) and matches the route on it, then
+/// resolves the API key (`Authorization: Bearer` or `X-Api-Key`) to a customer and plan.
+/// No key, an unknown or a revoked one: 401.
 pub async fn run<B>(
     app: &App,
     runtime: &Runtime,
     ctx: &mut RequestCtx,
     req: &Request<B>,
 ) -> Result<(), Refusal> {
-    let priced = runtime
-        .policy
-        .price(req.method().as_str(), req.uri().path());
+    let path = crate::path::normalise(req.uri().path())
+        .map_err(|e| Refusal::BadRequest { reason: e.reason() })?;
+    let priced = runtime.policy.price(req.method().as_str(), &path);
+    ctx.path_and_query = match req.uri().query() {
+        Some(query) => format!("{path}?{query}"),
+        None => path,
+    };
     ctx.auth = priced.auth;
     ctx.route = priced
         .route

@@ -1,5 +1,7 @@
-//! Settle: runs for every request. Refunds a debit whose upstream failed, turns the
-//! outcome into the response with the credit and rate-limit headers, counts and logs.
+//! Settle: runs for every request, also when the client has gone (the request runs as its
+//! own task, see [`crate::handler`]). Refunds a debit whose upstream failed (queued for
+//! retry when Redis does not take it), turns the outcome into the response with the credit
+//! and rate-limit headers, counts and logs.
 
 use std::time::Instant;
 
@@ -14,6 +16,7 @@ use crate::App;
 use crate::ctx::RequestCtx;
 use crate::headers::strip_hop_by_hop;
 use crate::metric;
+use crate::refunds::RefundJob;
 use crate::refusal::Refusal;
 use crate::runtime::Runtime;
 
@@ -100,10 +103,18 @@ async fn refund(app: &App, ctx: &mut RequestCtx, reason: &'static str) {
             ctx.refunded_balance = balance;
         }
         Err(e) => {
-            // The debit stands in Redis and on the stream; the reconciler's drift check
-            // surfaces it. Logged with the request id so an operator can grant it back.
+            // Retried from the queue until Redis takes it; the refund marker keeps retries
+            // from giving back twice. The answer already says the request was not charged.
             metrics::counter!(metric::REDIS_ERRORS).increment(1);
-            tracing::error!(request_id = %ctx.request_id, error = %e, reason, "refund failed");
+            tracing::warn!(request_id = %ctx.request_id, error = %e, reason, "refund failed; queued");
+            app.refunds.enqueue(RefundJob {
+                customer: identity.customer.clone(),
+                debit: Some(debit.clone()),
+                route: ctx.route.clone(),
+                request_id: ctx.request_id.clone(),
+                reason,
+                ts_ms: now_ms,
+            });
         }
     }
 }
