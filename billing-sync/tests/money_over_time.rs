@@ -542,3 +542,76 @@ async fn a_refunded_pack_takes_back_what_is_left_of_its_credits(db: PgPool) {
         "{audit}"
     );
 }
+
+#[sqlx::test]
+async fn an_expiry_replayed_after_a_crash_is_posted_once(db: PgPool) {
+    let clock = Clock::manual(Utc::now());
+    let h = Harness::with_clock(db, clock.clone()).await;
+    let c = h.customer("replayed").await;
+    debit(&h, &c, "100", "x1").await;
+    clock.advance(Duration::days(32));
+    reconcile::expire_due(&h.state, clock.now())
+        .await
+        .expect("sweep");
+    // Crash after the commit, before the acknowledgement: the batch is posted, its entries
+    // stay pending.
+    let batches = h
+        .stream_store
+        .read_usage(0..shared::redis::keys::SHARDS, "billing-sync", false, 1000)
+        .await
+        .expect("read");
+    let entries: Vec<_> = batches
+        .iter()
+        .flat_map(|b| b.entries.iter().filter_map(|(_, e)| e.clone().ok()))
+        .collect();
+    assert_eq!(entries.len(), 2, "the debit and the hold");
+    billing_sync::ledger::usage::post_batch(&h.state.db, &entries, &[])
+        .await
+        .expect("posted");
+    // Restart: the pending entries are replayed; nothing is posted twice and the hold is
+    // settled from what the first posting recorded.
+    billing_sync::worker::start(
+        &h.state,
+        &h.stream_store,
+        &billing_sync::worker::WorkerOptions::default(),
+    )
+    .await
+    .expect("restart");
+    assert_eq!(
+        count(
+            &h,
+            "SELECT count(*) FROM ledger_entries WHERE customer_id = $1 AND kind = 'expiry'",
+            &c
+        )
+        .await,
+        1
+    );
+    assert_eq!(h.ledger_balances(&c).await, (0, 0));
+    assert_eq!(h.redis_balances(&c).await, (0, 0));
+    assert_conserved(&h, &c).await;
+}
+
+#[sqlx::test]
+async fn the_reconciler_leaves_an_account_alone_while_its_backlog_is_long(db: PgPool) {
+    let h = Harness::start(db).await;
+    let c = h.customer("backlog").await;
+    let n = shared::redis::RECONCILE_UNREAD_LEN_MAX + 1;
+    for i in 0..n {
+        debit(&h, &c, "0.001", &format!("b{i}")).await;
+    }
+    // More unread entries than one script may read: nothing is compared or written.
+    let drift = reconcile::sync_accounts(&h.state, false)
+        .await
+        .expect("reconcile");
+    assert_eq!((drift.lagging, drift.repaired), (1, 0));
+    let before = h.redis_balances(&c).await;
+    assert_eq!(before.0, 1_000_000 - n as i64);
+    // Caught up: compared again, and nothing drifted.
+    h.drain().await;
+    let drift = reconcile::sync_accounts(&h.state, false)
+        .await
+        .expect("reconcile");
+    assert_eq!((drift.lagging, drift.drift_millicredits), (0, 0));
+    assert_eq!(h.redis_balances(&c).await, before);
+    assert_conserved(&h, &c).await;
+}
