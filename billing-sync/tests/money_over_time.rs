@@ -65,6 +65,19 @@ async fn refund(h: &Harness, c: &CustomerId, d: &Debit, request: &str) {
         .expect("first refund");
 }
 
+/// Millicredits expired from `c`'s buckets in all.
+async fn expired(h: &Harness, c: &CustomerId) -> i64 {
+    let (n,): (i64,) = sqlx::query_as(
+        "SELECT COALESCE(-SUM(amount), 0)::int8 FROM ledger_entries
+         WHERE customer_id = $1 AND kind = 'expiry'",
+    )
+    .bind(c.as_str())
+    .fetch_one(&h.state.db)
+    .await
+    .expect("sum");
+    n
+}
+
 /// The whole ledger is balanced and every customer's buckets match Redis.
 async fn assert_conserved(h: &Harness, c: &CustomerId) {
     let (sum,): (i64,) =
@@ -130,13 +143,7 @@ async fn a_free_customers_allowance_renews_once_per_period_and_the_old_one_expir
         .await,
         1
     );
-    let (expired,): (i64,) = sqlx::query_as(
-        "SELECT -SUM(amount)::int8 FROM ledger_entries WHERE customer_id = $1 AND kind = 'expiry'",
-    )
-    .bind(c.as_str())
-    .fetch_one(&h.state.db)
-    .await
-    .expect("sum");
+    let expired = expired(&h, &c).await;
     assert_eq!(expired, 700_000, "exactly what was left expires");
     assert_eq!(h.redis_balances(&c).await, (1_000_000, 0));
 
@@ -456,13 +463,7 @@ async fn a_plan_switch_with_unread_debits_in_the_stream_takes_nothing_from_other
     let b = buckets(&w.h, &c).await;
     let granted = b.iter().find(|b| b.0 == "granted").expect("grant");
     assert_eq!(granted.2, 100_000, "{b:?}");
-    let (expired,): (i64,) = sqlx::query_as(
-        "SELECT -SUM(amount)::int8 FROM ledger_entries WHERE customer_id = $1 AND kind = 'expiry'",
-    )
-    .bind(c.as_str())
-    .fetch_one(&w.h.state.db)
-    .await
-    .expect("sum");
+    let expired = expired(&w.h, &c).await;
     assert_eq!(expired, 300_000, "exactly the free allowance's unspent 300");
     assert_eq!(w.h.ledger_balances(&c).await, (100_000, 50_000_000));
     assert_eq!(w.h.redis_balances(&c).await, (100_000, 50_000_000));

@@ -78,7 +78,8 @@ pub struct Reconciled {
     pub written: bool,
 }
 
-fn int_at(reply: &[Value], i: usize, what: &str) -> Result<i64, StoreError> {
+/// Element `i` of a script's reply as an integer (Redis may send it as text).
+pub(super) fn int_at(reply: &[Value], i: usize, what: &str) -> Result<i64, StoreError> {
     match reply.get(i) {
         Some(Value::Int(n)) => Ok(*n),
         Some(Value::BulkString(b)) => std::str::from_utf8(b)

@@ -14,6 +14,7 @@ use redis::streams::{StreamKey, StreamReadReply};
 use redis::{Script, Value};
 
 use super::keys::{self, USAGE_CONSUMER_GROUP, field};
+use super::projection::int_at;
 use super::store::{Store, StoreError};
 use super::usage::StreamEntry;
 use crate::credits::Millicredits;
@@ -311,20 +312,7 @@ impl Store {
             .arg(EXPIRY_HOLD_TTL_S)
             .invoke_async(&mut conn)
             .await?;
-        let int = |i: usize| -> Result<i64, StoreError> {
-            match reply.get(i) {
-                Some(Value::Int(n)) => Ok(*n),
-                Some(Value::BulkString(b)) => std::str::from_utf8(b)
-                    .ok()
-                    .and_then(|s| s.parse().ok())
-                    .ok_or_else(|| {
-                        StoreError::Reply(format!("expire: element {i} is not an integer"))
-                    }),
-                other => Err(StoreError::Reply(format!(
-                    "expire: element {i} is {other:?}"
-                ))),
-            }
-        };
+        let int = |i: usize| int_at(&reply, i, "expire");
         match int(0)? {
             1 => Ok(Hold::Marked(Millicredits::new(int(1)?))),
             0 => Ok(Hold::InFlight),
