@@ -86,8 +86,39 @@ pub fn api_key_in_authorization(headers: &HeaderMap) -> bool {
 
 fn bearer_key(headers: &HeaderMap) -> Option<ApiKey> {
     let auth = headers.get(hyper::header::AUTHORIZATION)?.to_str().ok()?;
-    let token = auth
-        .strip_prefix("Bearer ")
-        .or_else(|| auth.strip_prefix("bearer "))?;
+    // The scheme is case-insensitive (RFC 9110 §11.1): Bearer, bearer, BEARER.
+    let (scheme, token) = auth.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return None;
+    }
     ApiKey::parse(token.trim())
+}
+
+#[cfg(test)]
+mod bearer_tests {
+    use super::*;
+
+    #[test]
+    fn the_bearer_scheme_is_matched_in_any_case() {
+        let key = ApiKey::generate();
+        for scheme in ["Bearer", "bearer", "BEARER", "bEaReR"] {
+            let mut headers = HeaderMap::new();
+            let value = format!("{scheme} {}", key.expose());
+            headers.insert(
+                hyper::header::AUTHORIZATION,
+                value.parse().expect("a valid header"),
+            );
+            assert_eq!(
+                bearer_key(&headers).map(|k| k.hash()),
+                Some(key.hash()),
+                "{scheme}"
+            );
+        }
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            hyper::header::AUTHORIZATION,
+            format!("Basic {}", key.expose()).parse().expect("valid"),
+        );
+        assert!(bearer_key(&headers).is_none());
+    }
 }

@@ -169,6 +169,11 @@ impl Store {
     /// comma-separated list of node URLs for a cluster. Connects lazily and reconnects by
     /// itself, so a program can start while Redis is down.
     pub fn connect(url: &str, options: StoreOptions) -> Result<Store, StoreError> {
+        if url.contains("rediss://") {
+            // TLS through rustls needs a process-wide provider; ring is the one this project
+            // builds with (never aws-lc). Installing twice is harmless: the first one stays.
+            let _ = rustls::crypto::ring::default_provider().install_default();
+        }
         let connector = if url.contains(',') {
             let nodes: Vec<&str> = url
                 .split(',')
@@ -505,5 +510,9 @@ mod tests {
             );
         }
         assert!(Store::connect("http://nope", StoreOptions::default()).is_err());
+        assert!(
+            rustls::crypto::CryptoProvider::get_default().is_some(),
+            "a rediss:// url installs the TLS provider, or the first connection panics"
+        );
     }
 }
