@@ -17,3 +17,6 @@ ALTER TABLE buckets ADD COLUMN take_back_limit BIGINT CHECK (take_back_limit >= 
 ALTER TABLE buckets ADD COLUMN take_back_done_key TEXT;
 CREATE INDEX buckets_take_back_pending ON buckets (id)
     WHERE take_back_key IS NOT NULL AND take_back_key IS DISTINCT FROM take_back_done_key;
+
+-- Every bucket of a customer (balances, the admin view), not only those holding credits.
+CREATE INDEX buckets_customer_all ON buckets (customer_id);

@@ -616,3 +616,33 @@ async fn the_reconciler_leaves_an_account_alone_while_its_backlog_is_long(db: Pg
     assert_eq!(h.redis_balances(&c).await, before);
     assert_conserved(&h, &c).await;
 }
+
+#[sqlx::test]
+async fn an_expiry_hold_behind_an_unread_refund_leaves_redis_right(db: PgPool) {
+    let clock = Clock::manual(Utc::now());
+    let h = Harness::with_clock(db, clock.clone()).await;
+    let c = h.customer("refund-then-expire").await;
+    let d = debit(&h, &c, "220.874", "p1").await;
+    h.drain().await;
+    refund(&h, &c, &d, "p1").await;
+    clock.advance(Duration::hours(888));
+    reconcile::expire_due(&h.state, clock.now())
+        .await
+        .expect("sweep");
+    // The refund restores the allowance before the mark, so all of it expires: nothing of
+    // it may stay spendable meanwhile.
+    assert_eq!(h.redis_balances(&c).await, (0, 0));
+    let late = h
+        .state
+        .store
+        .admit(&c, mc("150.763"), "api", "p2", now_ms())
+        .await;
+    assert!(
+        matches!(late, Ok(Admission::Insufficient { .. })),
+        "{late:?}"
+    );
+    h.drain().await;
+    assert_eq!(h.redis_balances(&c).await, (0, 0));
+    assert_eq!(expired(&h, &c).await, 1_000_000);
+    assert_conserved(&h, &c).await;
+}

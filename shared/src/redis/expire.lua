@@ -6,7 +6,11 @@
 -- KEYS[1] account hash, KEYS[2] usage stream, KEYS[3] the bucket's hold marker
 -- ARGV[1] field ('nt' | 'tr'), ARGV[2] most to take (millicredits), ARGV[3] customer,
 -- ARGV[4] bucket, ARGV[5] limit ('' = all that is left), ARGV[6] ledger key, ARGV[7] time (ms),
--- ARGV[8] hold marker ttl (s)
+-- ARGV[8] hold marker ttl (s), ARGV[9] consumer group, ARGV[10] most unread entries to read
+-- The hold is the ledger's remainder plus the customer's unread refunds in that field (a
+-- refund may restore credits to this very bucket before the mark): never less than what can
+-- expire, so nothing that expires stays spendable. With more than ARGV[10] unread entries
+-- the whole field is held. The consumer gives back what did not expire.
 -- Returns {1, taken} marked, {0} a hold is already in flight, {-1} no account.
 if redis.call('EXISTS', KEYS[1]) == 0 then
   return {-1}
@@ -15,7 +19,34 @@ if not redis.call('SET', KEYS[3], '1', 'NX', 'EX', ARGV[8]) then
   return {0}
 end
 local cur = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0')
-local take = math.min(tonumber(ARGV[2]), math.max(cur, 0))
+local want = tonumber(ARGV[2])
+local last = '0-0'
+local groups = redis.pcall('XINFO', 'GROUPS', KEYS[2])
+if type(groups) == 'table' and not groups.err then
+  for _, g in ipairs(groups) do
+    local name, id
+    for i = 1, #g, 2 do
+      if g[i] == 'name' then name = g[i + 1] end
+      if g[i] == 'last-delivered-id' then id = g[i + 1] end
+    end
+    if name == ARGV[9] and id then last = id end
+  end
+end
+local most = tonumber(ARGV[10])
+local unread = redis.call('XRANGE', KEYS[2], '(' .. last, '+', 'COUNT', most + 1)
+if #unread > most then
+  want = cur
+else
+  for _, e in ipairs(unread) do
+    local kv = e[2]
+    local f = {}
+    for i = 1, #kv, 2 do f[kv[i]] = kv[i + 1] end
+    if f['kind'] == 'refund' and f['customer'] == ARGV[3] then
+      want = want + tonumber(f[ARGV[1]] or '0')
+    end
+  end
+end
+local take = math.min(want, math.max(cur, 0))
 if take > 0 then
   redis.call('HINCRBY', KEYS[1], ARGV[1], string.format('%d', -take))
 end

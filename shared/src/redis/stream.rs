@@ -278,8 +278,9 @@ impl Store {
         Ok(lag)
     }
 
-    /// Holds up to `amount` of one field of `customer`'s account for the expiry (or, with
-    /// `limit`, the partial take-back) of `bucket`, and marks the point in the usage stream
+    /// Holds up to `amount` (plus the customer's unread refunds in that field, which may
+    /// restore credits to the bucket first) of one field of `customer`'s account for the
+    /// expiry (or, with `limit`, the partial take-back) of `bucket`, and marks the point in the usage stream
     /// where it happens, atomically with the proxy's debits. The consumer settles the hold
     /// when it reads the marker; `key` becomes the ledger transaction's idempotency key.
     #[allow(clippy::too_many_arguments)]
@@ -310,6 +311,8 @@ impl Store {
             .arg(key)
             .arg(now_ms)
             .arg(EXPIRY_HOLD_TTL_S)
+            .arg(USAGE_CONSUMER_GROUP)
+            .arg(super::projection::RECONCILE_UNREAD_LEN_MAX)
             .invoke_async(&mut conn)
             .await?;
         let int = |i: usize| int_at(&reply, i, "expire");
