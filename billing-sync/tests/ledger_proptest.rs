@@ -29,8 +29,8 @@ use sqlx::postgres::PgPoolOptions;
 const CUSTOMERS: usize = 3;
 /// Cases run (each a fresh set of customers).
 const CASES: u32 = 256;
-/// Longest operation sequence (about 40 steps a case on average: ≥ 10 000 steps in all).
-const STEPS_MAX: usize = 80;
+/// Longest operation sequence (about 50 steps a case on average: ≥ 10 000 steps in all).
+const STEPS_MAX: usize = 100;
 
 #[derive(Clone, Debug)]
 enum Op {
