@@ -52,6 +52,36 @@ async fn creating_a_customer_is_idempotent_on_external_id(db: PgPool) {
 }
 
 #[sqlx::test]
+async fn customers_are_listed_by_id_a_page_at_a_time(db: PgPool) {
+    let h = Harness::start(db).await;
+    let (a, k) = admin();
+    let mut ids = [
+        h.customer("one").await,
+        h.customer("two").await,
+        h.customer("three").await,
+    ];
+    ids.sort_by(|x, y| x.as_str().cmp(y.as_str()));
+    let (status, first) = h
+        .call(Method::GET, "/admin/v1/customers?limit=2", &[(a, &k)], None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{first}");
+    assert_eq!(first["data"][0]["id"], ids[0].as_str());
+    assert_eq!(first["data"][1]["id"], ids[1].as_str());
+    let next = first["next"].as_str().expect("a cursor");
+    let (status, rest) = h
+        .call(
+            Method::GET,
+            &format!("/admin/v1/customers?limit=2&after={next}"),
+            &[(a, &k)],
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{rest}");
+    assert_eq!(rest["data"][0]["id"], ids[2].as_str());
+    assert_eq!(rest["data"].as_array().map(Vec::len), Some(1));
+}
+
+#[sqlx::test]
 async fn a_grant_replays_with_the_same_key_and_conflicts_with_another_body(db: PgPool) {
     let h = Harness::start(db).await;
     let c = h.customer("acme").await;

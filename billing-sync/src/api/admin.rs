@@ -173,11 +173,11 @@ pub async fn list_customers(
     let p = params(q)?;
     let limit = limit(&p, 100)?;
     let after = p.get("after").cloned().unwrap_or_default();
-    let rows: Vec<Customer> = sqlx::query_as(
-        "SELECT id, external_id, email, plan, status, stripe_subscription_id, subscription_interval,
-                subscription_status, cancel_at_period_end, tax_exempt, period_start, period_end, created_at
-         FROM customers WHERE id > $1 ORDER BY id LIMIT $2",
-    )
+    let rows: Vec<Customer> = sqlx::query_as(concat!(
+        "SELECT ",
+        crate::customer_columns!(),
+        " FROM customers WHERE id > $1 ORDER BY id LIMIT $2"
+    ))
     .bind(&after)
     .bind(limit)
     .fetch_all(&state.db)

@@ -60,21 +60,39 @@ pub struct Customer {
 impl Customer {
     /// The id, typed.
     pub fn customer_id(&self) -> Result<CustomerId, sqlx::Error> {
-        CustomerId::parse(&self.id).map_err(|e| sqlx::Error::Decode(e.into()))
+        stored_customer_id(&self.id)
     }
 }
 
-const CUSTOMER_COLUMNS_SELECT: &str = "SELECT id, external_id, email, plan, status, stripe_subscription_id, subscription_interval, subscription_status, cancel_at_period_end, tax_exempt, period_start, period_end, created_at, subscription_period_start, subscription_period_end FROM customers WHERE id = $1";
+/// A customer id read from Postgres, typed; one that does not parse is a decoding error.
+pub fn stored_customer_id(id: &str) -> Result<CustomerId, sqlx::Error> {
+    CustomerId::parse(id).map_err(|e| sqlx::Error::Decode(e.into()))
+}
+
+/// The columns [`Customer`] reads, for every `SELECT` of whole customers (a literal, so
+/// queries stay static text: `concat!("SELECT ", customer_columns!(), " FROM …")`).
+#[macro_export]
+macro_rules! customer_columns {
+    () => {
+        "id, external_id, email, plan, status, stripe_subscription_id, subscription_interval, \
+         subscription_status, cancel_at_period_end, tax_exempt, period_start, period_end, \
+         created_at, subscription_period_start, subscription_period_end"
+    };
+}
 
 /// A customer by id.
 pub async fn customer<'e, E: Executor<'e, Database = Postgres>>(
     exec: E,
     id: &str,
 ) -> Result<Option<Customer>, sqlx::Error> {
-    sqlx::query_as(CUSTOMER_COLUMNS_SELECT)
-        .bind(id)
-        .fetch_optional(exec)
-        .await
+    sqlx::query_as(concat!(
+        "SELECT ",
+        customer_columns!(),
+        " FROM customers WHERE id = $1"
+    ))
+    .bind(id)
+    .fetch_optional(exec)
+    .await
 }
 
 /// The end of a monthly allowance period that starts at `start` (free plans, and the months
@@ -123,7 +141,7 @@ pub async fn create_customer(
     };
     let mut granted = (Millicredits::ZERO, Millicredits::ZERO);
     if created && let Some(plan) = policy.plans.get(&policy.default_plan) {
-        let typed = CustomerId::parse(&id).map_err(|e| sqlx::Error::Decode(e.into()))?;
+        let typed = stored_customer_id(&id)?;
         granted = buckets::allocate_allowance(tx, &typed, plan, now, period_end, None).await?;
     }
     let customer = customer(&mut **tx, &id)

@@ -28,6 +28,8 @@ pub use buckets::{
     Bucket, BucketKind, Grant, allocate_allowance, balances, bucket, credit, ledger_balance,
     live_buckets, sort_spending_order, take_in_order, update_remaining,
 };
-pub use customers::{Customer, create_customer, customer, lock_customers, period_end_after};
+pub use customers::{
+    Customer, create_customer, customer, lock_customers, period_end_after, stored_customer_id,
+};
 pub use transfer::{record_transfer, sent_since};
-pub use txn::{Entry, SYSTEM_EXPIRY, SYSTEM_ISSUANCE, SYSTEM_USAGE, Txn, TxnKey, post};
+pub use txn::{Entry, SYSTEM_EXPIRY, SYSTEM_ISSUANCE, SYSTEM_USAGE, Txn, TxnKey};

@@ -3,7 +3,7 @@
 //! subscription session links the subscription (its state is read from Stripe).
 
 use serde_json::Value;
-use shared::{CustomerId, Millicredits};
+use shared::Millicredits;
 use uuid::Uuid;
 
 use super::plan::{self, Effects};
@@ -110,7 +110,7 @@ async fn purchase(
     payment_intent: Option<&str>,
     now: chrono::DateTime<chrono::Utc>,
 ) -> Result<bool, sqlx::Error> {
-    let typed = CustomerId::parse(customer).map_err(|e| sqlx::Error::Decode(e.into()))?;
+    let typed = ledger::stored_customer_id(customer)?;
     let grant = Grant {
         bucket: Uuid::now_v7(),
         kind: BucketKind::Purchased,

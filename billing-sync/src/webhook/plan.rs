@@ -147,7 +147,7 @@ pub async fn start_period(
         .execute(&mut **tx)
         .await?;
     if let Some(plan) = state.policy().plans.get(plan) {
-        let typed = CustomerId::parse(customer).map_err(|e| sqlx::Error::Decode(e.into()))?;
+        let typed = ledger::stored_customer_id(customer)?;
         let (nt, tr) = ledger::allocate_allowance(tx, &typed, plan, start, end, key).await?;
         effects.nt += nt.get();
         effects.tr += tr.get();
