@@ -254,13 +254,8 @@ async fn paid_mid_customer(
     let clock = Clock::manual(Utc::now());
     let w = World::start_with_clock(db, true, clock.clone()).await;
     let (c, key) = w.customer_with_key("payer").await;
-    let session = w
-        .checkout(&key, json!({"plan": "mid", "interval": interval}))
+    w.pay(&key, json!({"plan": "mid", "interval": interval}))
         .await;
-    w.standin
-        .complete_checkout(&session)
-        .await
-        .expect("checkout completes");
     wait_for("plan mid", || async { w.customer_row(&c).await.0 == "mid" }).await;
     wait_for("the allowance", || async {
         w.h.ledger_balances(&c).await.1 >= 50_000_000
@@ -450,13 +445,8 @@ async fn a_plan_switch_with_unread_debits_in_the_stream_takes_nothing_from_other
         debit(&w.h, &c, "100", &format!("s{i}")).await;
     }
     // Unread: 700 of the free allowance's 1000 are spent in Redis only.
-    let session = w
-        .checkout(&key, json!({"plan": "mid", "interval": "monthly"}))
+    w.pay(&key, json!({"plan": "mid", "interval": "monthly"}))
         .await;
-    w.standin
-        .complete_checkout(&session)
-        .await
-        .expect("checkout completes");
     wait_for("plan mid", || async { w.customer_row(&c).await.0 == "mid" }).await;
     w.h.drain().await;
     w.h.settle().await;
@@ -473,12 +463,7 @@ async fn a_plan_switch_with_unread_debits_in_the_stream_takes_nothing_from_other
 async fn a_refunded_pack_takes_back_what_is_left_of_its_credits(db: PgPool) {
     let w = World::start(db, true).await;
     let (c, key) = w.customer_with_key("refunded").await;
-    let session = w.checkout(&key, json!({"credit_pack": "small"})).await;
-    let outcome = w
-        .standin
-        .complete_checkout(&session)
-        .await
-        .expect("checkout completes");
+    let outcome = w.pay(&key, json!({"credit_pack": "small"})).await;
     wait_for("pack credited", || async {
         w.h.ledger_balances(&c).await.1 == 10_000_000
     })

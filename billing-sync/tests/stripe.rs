@@ -238,13 +238,8 @@ async fn bad_signatures_stale_timestamps_and_malformed_bodies_are_refused_and_ch
 async fn a_failed_payment_makes_the_customer_past_due_then_free_after_the_grace_period(db: PgPool) {
     let w = World::start(db, true).await;
     let (c, key) = w.customer_with_key("late-payer").await;
-    let session = w
-        .checkout(&key, json!({"plan": "mid", "interval": "yearly"}))
+    w.pay(&key, json!({"plan": "mid", "interval": "yearly"}))
         .await;
-    w.standin
-        .complete_checkout(&session)
-        .await
-        .expect("checkout completes");
     wait_for("plan mid", || async { w.customer_row(&c).await.0 == "mid" }).await;
     let sub = w.customer_row(&c).await.2.expect("subscription");
 
@@ -454,13 +449,8 @@ async fn tax_exemption_is_audited_and_passed_to_stripe(db: PgPool) {
 async fn a_mid_period_upgrade_grants_the_prorated_difference_once(db: PgPool) {
     let w = World::start(db, true).await;
     let (c, key) = w.customer_with_key("upgrader").await;
-    let session = w
-        .checkout(&key, json!({"plan": "mid", "interval": "monthly"}))
+    w.pay(&key, json!({"plan": "mid", "interval": "monthly"}))
         .await;
-    w.standin
-        .complete_checkout(&session)
-        .await
-        .expect("checkout completes");
     wait_for("mid allowance", || async {
         w.h.redis_balances(&c).await == (0, 50_000_000)
     })

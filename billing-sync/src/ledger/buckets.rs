@@ -201,7 +201,9 @@ pub async fn allocate_allowance(
             Entry::customer(customer, bucket, "allocation", amount),
         ],
     );
-    txn::post(tx, &txn).await?;
+    // The key was checked above, and a concurrent twin stops at the one-allowance-per-period
+    // index of the bucket insert.
+    txn::insert_txns(tx, std::slice::from_ref(&txn)).await?;
     Ok(if transferable {
         (Millicredits::ZERO, amount)
     } else {

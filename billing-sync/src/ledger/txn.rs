@@ -65,6 +65,8 @@ impl TxnKey {
     pub fn take_back(charge: &str, reason: &str, target: Millicredits) -> TxnKey {
         TxnKey(format!("take_back:{charge}:{reason}:{}", target.get()))
     }
+    /// A SQL `LIKE` pattern matching every [`TxnKey::take_back`] key.
+    pub const TAKE_BACK_PATTERN: &str = "take_back:%";
     /// A transfer.
     pub fn transfer(id: Uuid) -> TxnKey {
         TxnKey(format!("transfer:{id}"))
@@ -229,15 +231,6 @@ pub async fn applied(
             .fetch_optional(&mut **tx)
             .await?;
     Ok(found.is_some())
-}
-
-/// Inserts one transaction unless its key was applied before; `false` then.
-pub async fn post(tx: &mut Transaction<'_, Postgres>, txn: &Txn) -> Result<bool, sqlx::Error> {
-    if applied(tx, &txn.key).await? {
-        return Ok(false);
-    }
-    insert_txns(tx, std::slice::from_ref(txn)).await?;
-    Ok(true)
 }
 
 /// What the customer side of the transaction with `key` moved, per customer bucket

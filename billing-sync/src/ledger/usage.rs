@@ -47,13 +47,6 @@ pub struct Posted {
     pub unbacked: Millicredits,
 }
 
-fn kind_name(k: UsageKind) -> &'static str {
-    match k {
-        UsageKind::Debit => "debit",
-        UsageKind::Refund => "refund",
-    }
-}
-
 /// Posts `entries` (in stream order) and records `rejects`, in one transaction.
 pub async fn post_batch(
     db: &PgPool,
@@ -126,16 +119,26 @@ pub async fn post_batch(
     ids.sort();
     ids.dedup();
     let known: HashSet<String> = lock_customers(&mut tx, &ids).await?.into_iter().collect();
-    let debit_keys: Vec<String> = usage
+    // The refunded requests by their debits' keys.
+    let refunded: HashMap<String, &str> = usage
         .iter()
         .filter(|(e, _)| e.kind == UsageKind::Refund)
-        .map(|(e, _)| TxnKey::debit(&e.request_id).as_str().to_owned())
+        .map(|(e, _)| {
+            (
+                TxnKey::debit(&e.request_id).to_string(),
+                e.request_id.as_str(),
+            )
+        })
         .collect();
+    let debit_keys: Vec<String> = refunded.keys().cloned().collect();
     // What committed debits took, per request: (bucket, amount taken).
     let mut took: HashMap<String, Vec<(Uuid, Millicredits)>> = HashMap::new();
     for (key, bucket, amount) in txn::customer_side(&mut tx, &debit_keys).await? {
-        let request = key.trim_start_matches("usage:debit:").to_owned();
-        took.entry(request).or_default().push((bucket, neg(amount)));
+        if let Some(request) = refunded.get(&key) {
+            took.entry((*request).to_owned())
+                .or_default()
+                .push((bucket, neg(amount)));
+        }
     }
     let mut extra: Vec<Uuid> = took.values().flatten().map(|(b, _)| *b).collect();
     extra.extend(holds.iter().filter_map(|m| Uuid::parse_str(&m.bucket).ok()));
@@ -422,7 +425,7 @@ async fn insert_usage_rows(
         return Ok(HashSet::new());
     }
     let request_ids: Vec<&str> = usage.iter().map(|(e, _)| e.request_id.as_str()).collect();
-    let kinds: Vec<&str> = usage.iter().map(|(e, _)| kind_name(e.kind)).collect();
+    let kinds: Vec<&str> = usage.iter().map(|(e, _)| e.kind.as_str()).collect();
     let customers: Vec<&str> = usage.iter().map(|(e, _)| e.customer.as_str()).collect();
     let routes: Vec<&str> = usage.iter().map(|(e, _)| e.route.as_str()).collect();
     let costs: Vec<i64> = usage.iter().map(|(e, _)| e.cost.get()).collect();
@@ -456,14 +459,7 @@ async fn insert_usage_rows(
     .await?;
     Ok(inserted
         .into_iter()
-        .map(|(id, kind)| {
-            let kind = if kind == "refund" {
-                UsageKind::Refund
-            } else {
-                UsageKind::Debit
-            };
-            (id, kind)
-        })
+        .filter_map(|(id, kind)| Some((id, UsageKind::parse(&kind)?)))
         .collect())
 }
 

@@ -41,14 +41,14 @@ pub async fn handle(state: &State, event: &Event) -> Result<Option<Effects>, Pro
         finish(tx, &event.id).await?;
         return Ok(Some(Effects::none()));
     };
-    let bucket: Option<(Uuid, String, i64, i64)> = sqlx::query_as(
-        "SELECT id, customer_id, amount, remaining FROM buckets
+    let bucket: Option<(Uuid, String, i64)> = sqlx::query_as(
+        "SELECT id, customer_id, amount FROM buckets
          WHERE source_ref = $1 AND kind = 'purchased'",
     )
     .bind(&payment_intent)
     .fetch_optional(&mut **tx)
     .await?;
-    let Some((bucket, customer, amount, _)) = bucket else {
+    let Some((bucket, customer, amount)) = bucket else {
         // A charge that bought no pack (a subscription's): nothing to take back here.
         finish(tx, &event.id).await?;
         return Ok(Some(Effects::none()));
@@ -61,9 +61,10 @@ pub async fn handle(state: &State, event: &Event) -> Result<Option<Effects>, Pro
     let (taken,): (i64,) = sqlx::query_as(
         "SELECT COALESCE(-SUM(e.amount), 0)::int8 FROM ledger_entries e
          JOIN ledger_txns t ON t.id = e.txn_id
-         WHERE e.bucket_id = $1 AND t.idempotency_key LIKE 'take_back:%'",
+         WHERE e.bucket_id = $1 AND t.idempotency_key LIKE $2",
     )
     .bind(bucket)
+    .bind(TxnKey::TAKE_BACK_PATTERN)
     .fetch_one(&mut **tx)
     .await?;
     let limit = target - taken;
@@ -78,6 +79,7 @@ pub async fn handle(state: &State, event: &Event) -> Result<Option<Effects>, Pro
             .await?;
         effects.expire_at = Some(state.now());
     }
+    // Read under the customer's lock: what the consumer may still take from.
     let (remaining,): (i64,) = sqlx::query_as("SELECT remaining FROM buckets WHERE id = $1")
         .bind(bucket)
         .fetch_one(&mut **tx)

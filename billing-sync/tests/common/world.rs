@@ -9,7 +9,7 @@ use billing_sync::stripe::Stripe;
 use serde_json::Value;
 use shared::CustomerId;
 use sqlx::PgPool;
-use stripe_standin::{StandinConfig, StandinHandle, StripeStandin};
+use stripe_standin::{CheckoutOutcome, StandinConfig, StandinHandle, StripeStandin};
 
 use super::Harness;
 
@@ -76,6 +76,15 @@ impl World {
         let c = self.h.customer(external_id).await;
         let (_, key) = self.h.api_key(&c).await;
         (c, key)
+    }
+
+    /// Starts a Checkout for `key` with `body` and pays it on the stand-in.
+    pub async fn pay(&self, key: &str, body: Value) -> CheckoutOutcome {
+        let session = self.checkout(key, body).await;
+        self.standin
+            .complete_checkout(&session)
+            .await
+            .expect("checkout completes")
     }
 
     /// Starts a Checkout and returns the session id.

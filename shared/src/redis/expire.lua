@@ -2,7 +2,7 @@
 -- the point in the usage stream where it expires. billing-sync's consumer later expires
 -- exactly what the ledger says is left at this point and settles the hold (gives back or
 -- takes the difference). At most one hold per bucket is in flight (KEYS[3], until the
--- consumer settles it or ARGV[8] seconds pass). O(1).
+-- consumer settles it or ARGV[8] seconds pass). Bounded: reads at most ARGV[10] unread entries.
 -- KEYS[1] account hash, KEYS[2] usage stream, KEYS[3] the bucket's hold marker
 -- ARGV[1] field ('nt' | 'tr'), ARGV[2] most to take (millicredits), ARGV[3] customer,
 -- ARGV[4] bucket, ARGV[5] limit ('' = all that is left), ARGV[6] ledger key, ARGV[7] time (ms),
@@ -20,27 +20,12 @@ if not redis.call('SET', KEYS[3], '1', 'NX', 'EX', ARGV[8]) then
 end
 local cur = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0')
 local want = tonumber(ARGV[2])
-local last = '0-0'
-local groups = redis.pcall('XINFO', 'GROUPS', KEYS[2])
-if type(groups) == 'table' and not groups.err then
-  for _, g in ipairs(groups) do
-    local name, id
-    for i = 1, #g, 2 do
-      if g[i] == 'name' then name = g[i + 1] end
-      if g[i] == 'last-delivered-id' then id = g[i + 1] end
-    end
-    if name == ARGV[9] and id then last = id end
-  end
-end
-local most = tonumber(ARGV[10])
-local unread = redis.call('XRANGE', KEYS[2], '(' .. last, '+', 'COUNT', most + 1)
-if #unread > most then
+local unread = unread_entries(KEYS[2], ARGV[9], tonumber(ARGV[10]))
+if not unread then
   want = cur
 else
   for _, e in ipairs(unread) do
-    local kv = e[2]
-    local f = {}
-    for i = 1, #kv, 2 do f[kv[i]] = kv[i + 1] end
+    local f = entry_fields(e)
     if f['kind'] == 'refund' and f['customer'] == ARGV[3] then
       want = want + tonumber(f[ARGV[1]] or '0')
     end

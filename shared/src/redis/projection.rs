@@ -11,7 +11,12 @@ use crate::credits::Millicredits;
 use crate::ids::CustomerId;
 
 static TAKE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("take.lua")));
-static RECONCILE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("reconcile.lua")));
+static RECONCILE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(concat!(
+        include_str!("unread.lua"),
+        include_str!("reconcile.lua")
+    ))
+});
 
 /// One of the two balance fields of an account.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -8,41 +8,24 @@
 -- entries to read
 -- Returns {existed (0/1), current nt, current tr, expected nt, expected tr, written (0/1)},
 -- or {-2} when more than ARGV[7] entries are unread (nothing changed).
-local last = '0-0'
-local groups = redis.pcall('XINFO', 'GROUPS', KEYS[2])
-if type(groups) == 'table' and not groups.err then
-  for _, g in ipairs(groups) do
-    local name, id
-    for i = 1, #g, 2 do
-      if g[i] == 'name' then name = g[i + 1] end
-      if g[i] == 'last-delivered-id' then id = g[i + 1] end
-    end
-    if name == ARGV[1] and id then last = id end
-  end
+local entries = unread_entries(KEYS[2], ARGV[1], tonumber(ARGV[7]))
+if not entries then
+  return {-2}
 end
-local most = tonumber(ARGV[7])
 local pend_nt, pend_tr = 0, 0
-if redis.call('EXISTS', KEYS[2]) == 1 then
-  local entries = redis.call('XRANGE', KEYS[2], '(' .. last, '+', 'COUNT', most + 1)
-  if #entries > most then
-    return {-2}
-  end
-  for _, e in ipairs(entries) do
-    local f = {}
-    local kv = e[2]
-    for i = 1, #kv, 2 do f[kv[i]] = kv[i + 1] end
-    if f['customer'] == ARGV[2] then
-      if f['kind'] == 'debit' or f['kind'] == 'refund' then
-        local sign = -1
-        if f['kind'] == 'refund' then sign = 1 end
-        pend_nt = pend_nt + sign * tonumber(f['nt'] or '0')
-        pend_tr = pend_tr + sign * tonumber(f['tr'] or '0')
-      elseif f['kind'] == 'expire' then
-        if f['field'] == 'tr' then
-          pend_tr = pend_tr - tonumber(f['taken'] or '0')
-        else
-          pend_nt = pend_nt - tonumber(f['taken'] or '0')
-        end
+for _, e in ipairs(entries) do
+  local f = entry_fields(e)
+  if f['customer'] == ARGV[2] then
+    if f['kind'] == 'debit' or f['kind'] == 'refund' then
+      local sign = -1
+      if f['kind'] == 'refund' then sign = 1 end
+      pend_nt = pend_nt + sign * tonumber(f['nt'] or '0')
+      pend_tr = pend_tr + sign * tonumber(f['tr'] or '0')
+    elseif f['kind'] == 'expire' then
+      if f['field'] == 'tr' then
+        pend_tr = pend_tr - tonumber(f['taken'] or '0')
+      else
+        pend_nt = pend_nt - tonumber(f['taken'] or '0')
       end
     end
   end

@@ -283,20 +283,7 @@ impl Store {
             .arg(keys::ADMISSION_MARKER_TTL_S)
             .invoke_async(&mut conn)
             .await?;
-        let int = |i: usize| -> Result<i64, StoreError> {
-            match reply.get(i) {
-                Some(Value::Int(n)) => Ok(*n),
-                Some(Value::BulkString(b)) => std::str::from_utf8(b)
-                    .ok()
-                    .and_then(|s| s.parse().ok())
-                    .ok_or_else(|| {
-                        StoreError::Reply(format!("admit: element {i} is not an integer"))
-                    }),
-                other => Err(StoreError::Reply(format!(
-                    "admit: element {i} is {other:?}"
-                ))),
-            }
-        };
+        let int = |i: usize| super::projection::int_at(&reply, i, "admit");
         match int(0)? {
             1 => Ok(Admission::Admitted(Debit {
                 remaining: Millicredits::new(int(1)?),

@@ -20,7 +20,12 @@ use super::usage::StreamEntry;
 use crate::credits::Millicredits;
 use crate::ids::CustomerId;
 
-static EXPIRE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("expire.lua")));
+static EXPIRE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(concat!(
+        include_str!("unread.lua"),
+        include_str!("expire.lua")
+    ))
+});
 
 /// Entries `XAUTOCLAIM` moves per call while claiming a crashed consumer's pending list.
 const CLAIM_PAGE_LEN_MAX: usize = 1000;

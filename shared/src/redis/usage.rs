@@ -18,6 +18,25 @@ pub enum UsageKind {
     Refund,
 }
 
+impl UsageKind {
+    /// The name in the stream's `kind` field (and in Postgres).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UsageKind::Debit => "debit",
+            UsageKind::Refund => "refund",
+        }
+    }
+
+    /// Reads a stored name.
+    pub fn parse(name: &str) -> Option<UsageKind> {
+        match name {
+            "debit" => Some(UsageKind::Debit),
+            "refund" => Some(UsageKind::Refund),
+            _ => None,
+        }
+    }
+}
+
 /// One entry of a usage stream.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct UsageEvent {
@@ -155,11 +174,8 @@ impl UsageEvent {
         let f = Fields(fields);
         let text = |name: &str| f.text(name);
         let milli = |name: &str| f.milli(name);
-        let kind = match text("kind")?.as_str() {
-            "debit" => UsageKind::Debit,
-            "refund" => UsageKind::Refund,
-            other => return Err(format!("unknown kind {other:?}")),
-        };
+        let kind = text("kind")?;
+        let kind = UsageKind::parse(&kind).ok_or_else(|| format!("unknown kind {kind:?}"))?;
         Ok(UsageEvent {
             stream_id: stream_id.to_owned(),
             kind,
