@@ -53,19 +53,15 @@ pub async fn post_batch(
     entries: &[StreamEntry],
     rejects: &[Reject],
 ) -> Result<Posted, sqlx::Error> {
-    let mut rejects = rejects.to_vec();
     let mut usage: Vec<(&UsageEvent, DateTime<Utc>)> = Vec::new();
     let mut holds: Vec<&ExpiryMarker> = Vec::new();
     for entry in entries {
         match entry {
-            StreamEntry::Usage(e) => match DateTime::from_timestamp_millis(e.ts_ms) {
-                Some(at) => usage.push((e, at)),
-                None => rejects.push((
-                    String::new(),
-                    e.stream_id.clone(),
-                    format!("ts_ms {} is not a time", e.ts_ms),
-                )),
-            },
+            StreamEntry::Usage(e) => {
+                let at = DateTime::from_timestamp_millis(e.ts_ms)
+                    .expect("the stream parser admits only times from 1970 to 9999");
+                usage.push((e, at));
+            }
             StreamEntry::Expiry(m) => holds.push(m),
         }
     }
@@ -74,7 +70,7 @@ pub async fn post_batch(
         rejected: rejects.len(),
         ..Posted::default()
     };
-    record_rejects(&mut tx, &rejects).await?;
+    record_rejects(&mut tx, rejects).await?;
 
     // Usage rows, deduplicated by (request id, kind): only the new ones are posted.
     let fresh_usage = insert_usage_rows(&mut tx, &usage).await?;
